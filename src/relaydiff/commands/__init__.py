@@ -1,0 +1,1 @@
+"""Sub-commands of the ``relaydiff`` CLI, one module per command (group)."""

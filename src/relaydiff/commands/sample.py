@@ -1,0 +1,199 @@
+"""``relaydiff sample`` and ``relaydiff upscale``: run a cascade and write PNG files."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..cascade import RelayCascade
+from ..config import write_json_atomic
+from ..data.images import image_grid, list_images, load_image, save_png, to_uint8
+from ..ops import randn
+
+INPUT_NOISE_STREAM = 1 << 41  # offset of the seeds that draw --input-noise
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-3,10"`` → ``[0, 1, 2, 3, 10]``."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\d+)-(\d+)", part)
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if hi < lo:
+                raise click.BadParameter(f"range {part!r} is empty; write LOW-HIGH with LOW ≤ HIGH")
+            seeds.extend(range(lo, hi + 1))
+        elif part.isdigit():
+            seeds.append(int(part))
+        else:
+            raise click.BadParameter(f"{part!r} is not a seed; use e.g. 0-63 or 1,5,9")
+    return seeds
+
+
+def seed_path(out: Path, seed: int) -> Path:
+    """``OUT/000000/000123.png``: sub-folders of 1,000 seeds, as EDM writes them."""
+    return out / f"{seed - seed % 1000:06d}" / f"{seed:06d}.png"
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise click.BadParameter(f"{out} exists and is a file; give a folder", param_hint="--out")
+
+
+def _load_cascade(cascade: str | None, toy: bool, device: str) -> RelayCascade:
+    if toy:
+        return RelayCascade.toy().to(device)
+    if cascade is None:
+        raise click.UsageError("give --cascade DIR (a folder with cascade.json) or --toy")
+    return RelayCascade.from_pretrained(cascade, device=device)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); joins the torchrun process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+def _default_device() -> str:
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return "cpu"
+
+
+def _apply_overrides(cascade: RelayCascade, steps, relay_steps, guidance, eta) -> None:
+    for cfg in cascade.configs:
+        if cfg.kind == "edm" and steps is not None:
+            cfg.edm_sampler.steps = steps
+        if cfg.kind == "relay" and relay_steps is not None:
+            cfg.relay_sampler.steps = relay_steps
+        if cfg.kind == "relay" and eta is not None:
+            cfg.relay_sampler.eta = eta
+        if guidance is not None:
+            cfg.guidance.scale = guidance
+
+
+common = [
+    click.option("--cascade", type=click.Path(file_okay=False), help="Cascade folder (cascade.json)."),
+    click.option("--toy", is_flag=True, help="Use an untrained toy 16→64 cascade (smoke test)."),
+    click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder."),
+    click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1),
+                 help="Images per forward pass."),
+    click.option("--device", default=None, help="Torch device [default: cuda if available]."),
+]
+
+
+def _with_common(f):
+    for option in reversed(common):
+        f = option(f)
+    return f
+
+
+@click.command()
+@_with_common
+@click.option("--seeds", default="0-63", show_default=True, help="Seeds, e.g. 0-999 or 1,5,9.")
+@click.option("--class", "class_idx", type=int, default=None, help="Class index for every image.")
+@click.option("--balanced", is_flag=True, help="Class-balanced labels (class = seed mod C).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Stage-1 sampler steps.")
+@click.option("--relay-steps", type=click.IntRange(min=2), default=None,
+              help="Relay stages' Karras grid size (before truncation).")
+@click.option("--eta", type=click.FloatRange(0, 1), default=None, help="Relay stochasticity η.")
+@click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale.")
+@click.option("--all-stages", is_flag=True, help="Also write every lower stage's images.")
+def sample(cascade, toy, out, batch, device, seeds, class_idx, balanced, steps, relay_steps, eta,
+           guidance, all_stages) -> None:
+    """Generate one PNG per seed (resumable: seeds already written are skipped).
+
+    Under torchrun the seeds are sharded over ranks; results equal a single process.
+    """
+    if class_idx is not None and balanced:
+        raise click.UsageError("use either --class or --balanced, not both")
+    seed_list = parse_seeds(seeds)
+    _check_out_dir(out)
+    rank, world = _distributed()
+    model = _load_cascade(cascade, toy, device or _default_device())
+    _apply_overrides(model, steps, relay_steps, guidance, eta)
+    labels = model.labels_for(seed_list, class_idx, balanced=balanced)
+    todo = [s for s in seed_list[rank::world] if not seed_path(out, s).exists()]
+    stages = [f"stage{k}_{r}" for k, r in enumerate(model.resolutions, 1)]
+    bar = tqdm(total=len(todo), desc=f"sampling (rank {rank})", unit="img", disable=not todo)
+    for start in range(0, len(todo), batch):
+        chunk = todo[start:start + batch]
+        cls = None
+        if labels is not None:
+            cls = [int(labels[seed_list.index(s)]) for s in chunk]
+        images = model(chunk, class_idx=cls, batch_size=batch)
+        for k, stage_images in enumerate(images):
+            final = k == len(images) - 1
+            if not (final or all_stages):
+                continue
+            for seed, arr in zip(chunk, to_uint8(stage_images), strict=True):
+                target = out if final else out / stages[k]
+                save_png(arr, seed_path(target, seed))
+        bar.update(len(chunk))
+    bar.close()
+    if world > 1:
+        torch.distributed.barrier()
+    if rank == 0:
+        _write_summary(out, seed_list, labels, model, class_idx, balanced)
+    click.echo(f"{len(todo)} new image(s) in {out} ({len(seed_list) - len(todo)} already there)"
+               if world == 1 else f"rank {rank}: {len(todo)} new image(s)")
+
+
+def _write_summary(out: Path, seeds, labels, model, class_idx, balanced) -> None:
+    grid_seeds = seeds[:64]
+    tiles = [load_image(seed_path(out, s)) for s in grid_seeds if seed_path(out, s).exists()]
+    if tiles:
+        save_png(image_grid(tiles), out / "grid.png")
+    sampling = ("class-balanced" if balanced else "fixed" if class_idx is not None
+                else "random" if labels is not None else "unconditional")
+    write_json_atomic({
+        "label_sampling": sampling,
+        "num_classes": model.num_classes,
+        "resolutions": model.resolutions,
+        "labels": None if labels is None else {str(s): int(c) for s, c in zip(seeds, labels, strict=True)},
+    }, out / "labels.json")
+
+
+@click.command()
+@_with_common
+@click.option("--input", "input_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder of low-resolution images (all the same size).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the first image (then +1 each).")
+@click.option("--input-noise", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Add Gaussian noise of this scale (in [-1, 1] units) to the inputs first.")
+def upscale(cascade, toy, out, batch, device, input_dir, seed, input_noise) -> None:
+    """Relay your own images through the stages above their resolution."""
+    _check_out_dir(out)
+    files = list_images(input_dir)
+    if not files:
+        raise click.BadParameter(f"{input_dir} holds no PNG/JPEG/WebP images", param_hint="--input")
+    model = _load_cascade(cascade, toy, device or _default_device())
+    arrays = [load_image(f) for f in files]
+    sizes = {a.shape[:2] for a in arrays}
+    if len(sizes) > 1:
+        raise click.BadParameter(f"{input_dir}: images have different sizes {sorted(sizes)}; "
+                                 "resize them to one size first", param_hint="--input")
+    low = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    low = low.to(torch.float32) / 127.5 - 1
+    seeds = list(range(seed, seed + len(files)))
+    if input_noise > 0:
+        gens = [torch.Generator().manual_seed(s + INPUT_NOISE_STREAM) for s in seeds]
+        low = low + input_noise * randn(low.shape, gens)
+    model.stage_after(low)
+    bar = tqdm(total=len(files), desc="upscaling", unit="img")
+    images = model(seeds, low_res=low, batch_size=batch, progress=bar.update)[-1]
+    bar.close()
+    for f, arr in zip(files, to_uint8(images), strict=True):
+        save_png(arr, out / f.relative_to(input_dir).with_suffix(".png"))
+    click.echo(f"{len(files)} image(s) upscaled to {images.shape[-1]}px in {out}")

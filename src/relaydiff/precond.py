@@ -1,0 +1,90 @@
+"""EDM preconditioning (Karras et al. 2022, Table 1) around any raw network.
+
+``D(x; σ) = c_skip·x + c_out·F(c_in·x, c_noise, labels)`` with
+``c_skip = σ_d²/(σ²+σ_d²)``, ``c_out = σ·σ_d/√(σ²+σ_d²)``, ``c_in = 1/√(σ²+σ_d²)``,
+``c_noise = ln(σ)/4`` (DESIGN §1, stage 1; the relay stage uses the same form).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class Coefficients(NamedTuple):
+    c_skip: torch.Tensor
+    c_out: torch.Tensor
+    c_in: torch.Tensor
+    c_noise: torch.Tensor
+
+
+def edm_coefficients(sigma: torch.Tensor, sigma_data: float = 0.5) -> Coefficients:
+    """The four preconditioning coefficients for noise levels ``sigma`` (any shape)."""
+    s2 = sigma**2 + sigma_data**2
+    return Coefficients(
+        c_skip=sigma_data**2 / s2,
+        c_out=sigma * sigma_data / s2.sqrt(),
+        c_in=1 / s2.sqrt(),
+        c_noise=sigma.log() / 4,
+    )
+
+
+def loss_weight(sigma: torch.Tensor, sigma_data: float = 0.5) -> torch.Tensor:
+    """EDM's loss weight ``λ(σ) = (σ²+σ_d²)/(σ·σ_d)²`` (equals ``1/c_out²``)."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+class EDMPrecond(nn.Module):
+    """Wraps a raw network ``F(x, c_noise, labels)`` into a denoiser ``D(x, σ, labels)``.
+
+    The raw network is stored as ``self.model`` so that state-dict keys match EDM's
+    ``EDMPrecond`` (``model.…``). The denoiser runs the network in the input's dtype unless
+    ``autocast_dtype`` is given (bf16/fp16 on GPU) and returns the input's dtype.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        sigma_data: float = 0.5,
+        label_dim: int = 0,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.sigma_data = sigma_data
+        self.label_dim = label_dim
+        self.autocast_dtype = autocast_dtype
+
+    def forward(
+        self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
+        if sigma.numel() == 1:
+            sigma = sigma.expand(x.shape[0])
+        if sigma.shape[0] != x.shape[0]:
+            raise ValueError(f"sigma has {sigma.shape[0]} entries for a batch of {x.shape[0]}")
+        if self.label_dim:
+            if labels is None:
+                labels = torch.zeros(x.shape[0], self.label_dim, device=x.device)
+            elif labels.shape != (x.shape[0], self.label_dim):
+                raise ValueError(
+                    f"labels must have shape ({x.shape[0]}, {self.label_dim}) (one-hot), "
+                    f"got {tuple(labels.shape)}"
+                )
+            labels = labels.to(torch.float32)
+        else:
+            labels = None
+        c = edm_coefficients(sigma, self.sigma_data)
+        view = (-1,) + (1,) * (x.dim() - 1)
+        x32 = x.to(torch.float32)
+        net_in = c.c_in.reshape(view) * x32
+        if self.autocast_dtype is not None and x.device.type != "cpu":
+            with torch.autocast(x.device.type, dtype=self.autocast_dtype):
+                f = self.model(net_in, c.c_noise, labels)
+        else:
+            f = self.model(net_in, c.c_noise, labels)
+        d = c.c_skip.reshape(view) * x32 + c.c_out.reshape(view) * f.to(torch.float32)
+        return d.to(x.dtype)

@@ -1,0 +1,120 @@
+"""RelayCascade: seed determinism, super-resolution, persistence and its errors."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from relaydiff import RelayCascade
+from relaydiff.cascade import RelaySamplerConfig, StageConfig
+
+
+@pytest.fixture(scope="module")
+def cascade() -> RelayCascade:
+    return RelayCascade.toy((8, 16, 32), label_dim=4, steps=4)
+
+
+def test_same_seed_same_pixels_for_any_batch_size_and_position(cascade):
+    seeds = [11, 3, 7, 42, 5, 19, 23, 0]
+    ref = cascade(seeds, batch_size=8)
+    for bs in (1, 3):
+        out = cascade(seeds, batch_size=bs)
+        for a, b in zip(ref, out, strict=True):
+            assert torch.equal(a, b)
+    # Another order and another company in the batch: still the same pixels per seed.
+    perm = [5, 0, 7, 2]
+    out = cascade([seeds[i] for i in perm] + [99, 100], batch_size=3)
+    for a, b in zip(ref, out, strict=True):
+        assert torch.equal(a[perm], b[:4])
+
+
+def test_different_seeds_differ_and_stages_have_their_resolutions(cascade):
+    out = cascade([1, 2], batch_size=2)
+    assert [o.shape[-1] for o in out] == [8, 16, 32]
+    assert not torch.equal(out[-1][0], out[-1][1])
+    assert all(o.abs().max() <= 1 for o in out)
+
+
+def test_labels_given_drawn_and_balanced(cascade):
+    seeds = list(range(8))
+    drawn = cascade.labels_for(seeds)
+    assert drawn.shape == (8,) and ((drawn >= 0) & (drawn < 4)).all()
+    assert cascade.labels_for(seeds, balanced=True).tolist() == [s % 4 for s in seeds]
+    # An image depends on (seed, class) only: giving the drawn class reproduces it.
+    a = cascade(seeds[:3], batch_size=3)[-1]
+    b = cascade(seeds[:3], class_idx=drawn[:3].tolist(), batch_size=1)[-1]
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="class index 4 is out of range"):
+        cascade.labels_for(seeds, class_idx=4)
+
+
+def test_super_resolution_from_given_low_res_images(cascade):
+    low = cascade([4, 5], batch_size=2)[1]  # 16 px images
+    out = cascade([4, 5], low_res=low, batch_size=1)
+    assert [o.shape[-1] for o in out] == [16, 32]
+    assert torch.equal(out[0], low)
+    with pytest.raises(ValueError, match="no stage starts from 12px"):
+        cascade([4, 5], low_res=torch.zeros(2, 3, 12, 12))
+
+
+def test_relay_start_is_upsampled_low_res_plus_noise():
+    """A relay stage whose network predicts its input: the output keeps the low-res content."""
+    c = RelayCascade.toy((8, 32), steps=4)
+    for p in c.denoisers[1].parameters():
+        p.data.zero_()
+    low = torch.rand(2, 3, 8, 8) * 2 - 1
+    out = c([0, 1], low_res=low)[-1]
+    # With F ≡ 0 the denoiser is c_skip·x: it shrinks towards 0 but keeps the block structure.
+    pooled = torch.nn.functional.avg_pool2d(out, 4)
+    corr = torch.corrcoef(torch.stack([pooled.flatten(), low.flatten()]))[0, 1]
+    assert corr > 0.9
+
+
+def test_save_and_load_roundtrip(tmp_path, cascade):
+    cascade.save_pretrained(tmp_path / "c")
+    loaded = RelayCascade.from_pretrained(tmp_path / "c")
+    assert loaded.resolutions == cascade.resolutions
+    for a, b in zip(cascade([1, 2]), loaded([1, 2]), strict=True):
+        assert torch.equal(a, b)
+    meta = json.loads((tmp_path / "c" / "cascade.json").read_text())
+    assert meta["format"] == "relaydiff.cascade" and len(meta["stages"]) == 3
+    # Saving again over the same folder replaces it whole.
+    cascade.save_pretrained(tmp_path / "c")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_load_errors_name_the_file(tmp_path, cascade):
+    cascade.save_pretrained(tmp_path / "c")
+    stage = json.loads((tmp_path / "c" / "cascade.json").read_text())["stages"][1]
+    weights = tmp_path / "c" / stage / "model.safetensors"
+    weights.write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match=re.escape(f"{stage}/model.safetensors: unreadable")):
+        RelayCascade.from_pretrained(tmp_path / "c")
+    weights.unlink()
+    with pytest.raises(ValueError, match=r"model\.safetensors: file not found"):
+        RelayCascade.from_pretrained(tmp_path / "c")
+    with pytest.raises(ValueError, match=r"cascade\.json: file not found"):
+        RelayCascade.from_pretrained(tmp_path / "nothing")
+
+
+def test_stage_config_rejects_unknown_keys_with_closest_name():
+    data = {"kind": "relay", "resolution": 64, "network": {"name": "toy"},
+            "relay_sampler": {"stpes": 10}}
+    with pytest.raises(ValueError, match="unknown key 'stpes'; did you mean 'steps'"):
+        StageConfig.from_dict(data)
+    with pytest.raises(ValueError, match="relay scale 3 does not divide"):
+        StageConfig.from_dict({"kind": "relay", "resolution": 64, "network": {"name": "toy"},
+                               "relay": {"scale": 3}})
+
+
+def test_cascade_checks_stage_resolutions_chain():
+    a = StageConfig("edm", 16, {"name": "toy"})
+    b = StageConfig("relay", 64, {"name": "toy"}, relay_sampler=RelaySamplerConfig(steps=8))
+    bad = StageConfig("relay", 96, {"name": "toy"})
+    from relaydiff.cascade import build_denoiser
+    RelayCascade([a, b], [build_denoiser(a), build_denoiser(b)])
+    with pytest.raises(ValueError, match="stage 2 starts from 24px"):
+        RelayCascade([a, bad], [build_denoiser(a), build_denoiser(bad)])

@@ -1,0 +1,74 @@
+"""The command line: help texts, sampling to PNG files, resumption and one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from relaydiff.cli import cli
+
+CONTRACT = ["train", "sample", "upscale", "eval", "data", "analyze", "demo"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "relaydiff", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_every_command_has_help():
+    assert run("--help").returncode == 0
+    for name in cli.commands:
+        r = run(name, "--help")
+        assert r.returncode == 0 and "Usage" in r.stdout, (name, r.stderr)
+
+
+def test_sample_writes_pngs_and_resumes(tmp_path):
+    out = tmp_path / "s"
+    r = run("sample", "--toy", "--out", str(out), "--seeds", "0-4", "--batch", "2")
+    assert r.returncode == 0, r.stderr
+    files = sorted((out / "000000").glob("*.png"))
+    assert [f.name for f in files] == [f"{i:06d}.png" for i in range(5)]
+    assert np.asarray(Image.open(files[0])).shape == (64, 64, 3)
+    assert (out / "grid.png").exists() and (out / "labels.json").exists()
+    before = {f: f.stat().st_mtime_ns for f in files}
+    r = run("sample", "--toy", "--out", str(out), "--seeds", "0-5")
+    assert r.returncode == 0 and "1 new image(s)" in r.stdout
+    assert all(f.stat().st_mtime_ns == t for f, t in before.items())
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["sample", "--toy", "--seeds", "3-1"], "range '3-1' is empty"),
+    (["sample", "--toy", "--seeds", "x"], "'x' is not a seed"),
+    (["sample", "--cascade", "/nonexistent/dir"], "cascade.json: file not found"),
+    (["sample", "--toy", "--class", "2"], "unconditional"),
+])
+def test_bad_input_is_one_line(tmp_path, args, needle):
+    r = run(*args, "--out", str(tmp_path / "o"))
+    assert r.returncode != 0
+    assert needle in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_out_path_that_is_a_file_is_refused_and_kept(tmp_path):
+    f = tmp_path / "file.txt"
+    f.write_text("keep me")
+    r = run("sample", "--toy", "--out", str(f))
+    assert r.returncode != 0 and "exists and is a file" in r.stderr
+    assert f.read_text() == "keep me"
+
+
+def test_upscale_relays_user_images(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(src / f"{i}.png")
+    r = run("upscale", "--toy", "--input", str(src), "--out", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stderr
+    assert np.asarray(Image.open(tmp_path / "o" / "1.png")).shape == (64, 64, 3)
+    Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(src / "odd.png")
+    r = run("upscale", "--toy", "--input", str(src), "--out", str(tmp_path / "o2"))
+    assert r.returncode == 2 and "different sizes" in r.stderr
