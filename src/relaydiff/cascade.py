@@ -285,51 +285,52 @@ class RelayCascade(nn.Module):
         raise ValueError(f"no stage starts from {r}px images; this cascade relays from {starts} px")
 
     def _generate(self, seeds, idx, low, first, dtype) -> list[torch.Tensor]:
-        device = self.device
         gens = seed_generators(seeds)
-        outs: list[torch.Tensor] = []
-        x = None if low is None else low.to(device=device, dtype=dtype)
-        if x is not None:
-            outs.append(x)
+        x = None if low is None else low.to(device=self.device, dtype=dtype)
+        outs = [] if x is None else [x]
         for k in range(first, len(self.configs)):
-            cfg, den = self.configs[k], self.denoisers[k]
-            labels = None
-            if cfg.label_dim and idx is not None:
-                labels = torch.nn.functional.one_hot(idx, cfg.label_dim).to(device, torch.float32)
-            denoiser = den
-            if cfg.guidance.scale != 1.0 and labels is not None:
-                g = cfg.guidance
-                smin, smax = ((cfg.edm_sampler.sigma_min, cfg.edm_sampler.sigma_max)
-                              if cfg.kind == "edm" else
-                              (cfg.relay_sampler.sigma_min, cfg.relay_sampler.sigma_trunc))
-                denoiser = classifier_free_guidance(den, g.scale, schedule=g.schedule,
-                                                    power=g.power, sigma_min=smin,
-                                                    sigma_max=smax, interval=g.interval)
-            shape = (len(seeds), cfg.channels, cfg.resolution, cfg.resolution)
-            if cfg.kind == "edm":
-                s = cfg.edm_sampler
-                sigmas = karras_sigmas(s.steps, s.sigma_min, s.sigma_max, s.rho)
-                latents = randn(shape, gens, device=device, dtype=dtype)
-                x = edm_sample(denoiser, latents, sigmas, labels=labels, churn=s.churn,
-                               s_min=s.s_min, s_max=s.s_max, s_noise=s.s_noise, order=s.order,
-                               sde_scale=s.sde_scale, generator=gens)
-            else:
-                x = self._relay(cfg, denoiser, x, labels, gens, dtype)
-            outs.append(x.clamp(-1, 1))
-            x = outs[-1]
+            x = self.run_stage(k, x, gens, idx, dtype=dtype)
+            outs.append(x)
         return [o.to(torch.float32).cpu() for o in outs]
 
-    @staticmethod
-    def _relay(cfg: StageConfig, denoiser, x_low, labels, gens, dtype) -> torch.Tensor:
+    def run_stage(self, k: int, x_low: torch.Tensor | None, generators: Sequence[torch.Generator],
+                  class_idx: torch.Tensor | None = None, *, dtype: torch.dtype = torch.float64,
+                  callback=None) -> torch.Tensor:
+        """Run stage ``k`` (0-based) for one batch: stage 1 from latents drawn from ``generators``,
+        a relay stage from ``x_low`` (its input resolution). Returns images clamped to [-1, 1].
+        ``callback(i, σ_i, x_i, denoised_i)`` sees every sampler step (e.g. for trajectories)."""
+        cfg, den = self.configs[k], self.denoisers[k]
+        device = self.device
+        labels = None
+        if cfg.label_dim and class_idx is not None:
+            labels = torch.nn.functional.one_hot(class_idx, cfg.label_dim).to(device, torch.float32)
+        denoiser = den
+        if cfg.guidance.scale != 1.0 and labels is not None:
+            g = cfg.guidance
+            smin, smax = ((cfg.edm_sampler.sigma_min, cfg.edm_sampler.sigma_max) if cfg.kind == "edm"
+                          else (cfg.relay_sampler.sigma_min, cfg.relay_sampler.sigma_trunc))
+            denoiser = classifier_free_guidance(den, g.scale, schedule=g.schedule, power=g.power,
+                                                sigma_min=smin, sigma_max=smax, interval=g.interval)
+        if cfg.kind == "edm":
+            s = cfg.edm_sampler
+            shape = (len(generators), cfg.channels, cfg.resolution, cfg.resolution)
+            latents = randn(shape, generators, device=device, dtype=dtype)
+            x = edm_sample(denoiser, latents, karras_sigmas(s.steps, s.sigma_min, s.sigma_max, s.rho),
+                           labels=labels, churn=s.churn, s_min=s.s_min, s_max=s.s_max,
+                           s_noise=s.s_noise, order=s.order, sde_scale=s.sde_scale,
+                           generator=generators, callback=callback)
+            return x.clamp(-1, 1)
+        if x_low is None or x_low.shape[-1] != cfg.input_resolution:
+            raise ValueError(f"stage {k + 1} relays {cfg.input_resolution}px images")
         r, s = cfg.relay, cfg.relay_sampler
         sigmas = karras_sigmas(s.steps, s.sigma_min, s.sigma_max, s.rho, truncate=s.sigma_trunc)
-        up = upsample(x_low, r.scale)
-        n = relay_noise(up.shape, r.scale, r.block_alpha, generator=gens, variant=r.variant,
-                        device=up.device, dtype=dtype)
-        x_start = up + sigmas[0].item() * n
-        return relay_sample(denoiser, x_start, sigmas, r.schedule(s.prob_length), r.scale,
-                            labels=labels, eta=s.eta, block_alpha=r.block_alpha, order=s.order,
-                            variant=r.variant, generator=gens)
+        up = upsample(x_low.to(device=device, dtype=dtype), r.scale)
+        n = relay_noise(up.shape, r.scale, r.block_alpha, generator=generators, variant=r.variant,
+                        device=device, dtype=dtype)
+        x = relay_sample(denoiser, up + sigmas[0].item() * n, sigmas, r.schedule(s.prob_length),
+                         r.scale, labels=labels, eta=s.eta, block_alpha=r.block_alpha, order=s.order,
+                         variant=r.variant, generator=generators, callback=callback)
+        return x.clamp(-1, 1)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path) -> None:

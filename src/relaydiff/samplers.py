@@ -18,6 +18,8 @@ from .ops import Generator, check_variant, heat_blur, randn, relay_noise
 from .schedules import RelaySchedule, check_sigmas
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+Callback = Callable[[int, float, torch.Tensor, torch.Tensor], None]
+"""``callback(i, sigma_i, x_i, denoised_i)``, called once per step before it is taken."""
 
 
 def _check_order(order: int) -> None:
@@ -43,6 +45,7 @@ def edm_sample(
     order: int = 2,
     sde_scale: float = 0.0,
     generator: Generator = None,
+    callback: Callback | None = None,
 ) -> torch.Tensor:
     """EDM's sampler (Karras et al. 2022, Algorithm 2) from unit-normal ``latents``.
 
@@ -69,7 +72,10 @@ def edm_sample(
         if gamma > 0:
             eps = randn(x.shape, generator, device=x.device, dtype=x.dtype)
             x = x + math.sqrt(s_hat**2 - s**2) * s_noise * eps
-        d = (x - _denoise(denoiser, x, s_hat, labels)) / s_hat
+        denoised = _denoise(denoiser, x, s_hat, labels)
+        if callback is not None:
+            callback(i, s_hat, x, denoised)
+        d = (x - denoised) / s_hat
         if sde_scale > 0 and s_next > 0:
             g = sde_scale * s_next
             a = math.sqrt((s_next**2 - g**2) / s_hat**2)
@@ -108,6 +114,7 @@ def relay_sample(
     order: int = 2,
     variant: str = "paper",
     generator: Generator = None,
+    callback: Callback | None = None,
 ) -> torch.Tensor:
     """The relay (blurring-diffusion) sampler, DESIGN §1 "Sampling".
 
@@ -139,6 +146,8 @@ def relay_sample(
     for i in range(len(s_list) - 1):
         s, s_next = s_list[i], s_list[i + 1]
         denoised = _denoise(denoiser, x, s, labels)
+        if callback is not None:
+            callback(i, s, x, denoised)
         if s_next == 0:
             return denoised
         gamma = math.sqrt(1 - eta**2) * s_next / s
