@@ -12,6 +12,7 @@ import sys
 import click
 
 from . import __version__
+from .commands.analyze import analyze
 from .commands.data import data
 from .commands.sample import sample, upscale
 
@@ -25,6 +26,7 @@ def cli() -> None:
 cli.add_command(sample)
 cli.add_command(upscale)
 cli.add_command(data)
+cli.add_command(analyze)
 
 
 def main(argv: list[str] | None = None) -> None:
