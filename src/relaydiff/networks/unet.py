@@ -1,0 +1,337 @@
+"""The ADM UNet (Dhariwal & Nichol 2021) in the parameter layout of EDM's ``DhariwalUNet``.
+
+RDM uses this network for both stages (DESIGN §5). Layer names, shapes and the order of
+operations follow EDM's ``training/networks.py`` (Karras et al. 2022), so a state dict of
+EDM's ``EDMPrecond(DhariwalUNet)`` loads into ``relaydiff.precond.EDMPrecond(UNet(...))``
+with ``strict=True`` and gives the same outputs (``tests/test_unet.py``). Differences are
+in execution only: attention runs through ``scaled_dot_product_attention``, blocks can be
+gradient-checkpointed, and the network can run in ``channels_last`` or under autocast.
+
+Raw network ``F(x, c_noise, labels)`` of DESIGN §1: ``x`` is the preconditioned input
+``c_in·x_σ``, ``c_noise = ln(σ)/4``, ``labels`` one-hot ``(N, label_dim)`` or ``None``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from . import register
+from .presets import UNET_PRESETS
+
+
+def _init_uniform(tensor: torch.Tensor, fan_in: int) -> None:
+    """ADM/EDM default init: ``U(-1/√fan_in, 1/√fan_in)`` (EDM's kaiming-uniform × √(1/3))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    with torch.no_grad():
+        tensor.uniform_(-bound, bound)
+
+
+def _linear(in_features: int, out_features: int, *, bias: bool = True) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features, bias=bias)
+    _init_uniform(layer.weight, in_features)
+    if layer.bias is not None:
+        _init_uniform(layer.bias, in_features)
+    return layer
+
+
+def group_norm(channels: int, eps: float = 1e-5) -> nn.GroupNorm:
+    """GroupNorm with ``min(32, channels // 4)`` groups, as in EDM's ``GroupNorm``."""
+    groups = min(32, channels // 4)
+    if groups < 1 or channels % groups:
+        raise ValueError(
+            f"GroupNorm over {channels} channels needs a multiple of 4 below 128 and a multiple "
+            "of 32 above; change model_channels or channel_mult"
+        )
+    return nn.GroupNorm(groups, channels, eps=eps)
+
+
+class Conv2d(nn.Module):
+    """A ``kernel×kernel`` convolution (``kernel = 0``: none) after optional 2× resampling.
+
+    Resampling uses ADM's separable ``[1, 1]`` filter, kept as the buffer ``resample_filter``
+    (``1×1×2×2``, all ``1/4``) as in EDM: stride-2 depthwise filtering (2×2 box mean) for
+    ``down``, a stride-2 transposed depthwise filter of ``4·f`` (nearest-neighbour
+    replication) for ``up``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        *,
+        up: bool = False,
+        down: bool = False,
+        zero_init: bool = False,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.up, self.down = up, down
+        self.padding = kernel // 2
+        if kernel:
+            self.weight = nn.Parameter(torch.zeros(out_channels, in_channels, kernel, kernel))
+            self.bias = nn.Parameter(torch.zeros(out_channels))
+            if not zero_init:
+                fan_in = in_channels * kernel * kernel
+                _init_uniform(self.weight, fan_in)
+                _init_uniform(self.bias, fan_in)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if up or down:
+            self.register_buffer("resample_filter", torch.full((1, 1, 2, 2), 0.25))
+        else:
+            self.resample_filter = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.resample_filter is not None:
+            channels = x.shape[1]
+            f = self.resample_filter.to(x.dtype).expand(channels, 1, 2, 2).contiguous()
+            if self.up:
+                x = F.conv_transpose2d(x, f * 4, stride=2, groups=channels)
+            else:
+                x = F.conv2d(x, f, stride=2, groups=channels)
+        if self.weight is not None:
+            x = F.conv2d(x, self.weight, self.bias, padding=self.padding)
+        return x
+
+
+class UNetBlock(nn.Module):
+    """ADM residual block with adaptive group norm and optional self-attention.
+
+    ``h = conv0(silu(norm0(x)))``; ``h = silu(norm1(h)·(1+scale) + shift)`` with
+    ``(scale, shift) = affine(emb)``; ``y = conv1(dropout(h)) + skip(x)``; with attention,
+    ``y = y + proj(MHA(norm2(y)))`` where ``qkv`` is laid out per head as
+    ``[head][channel][q, k, v]`` (EDM's reshape order).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        emb_channels: int,
+        *,
+        up: bool = False,
+        down: bool = False,
+        num_heads: int = 0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.norm0 = group_norm(in_channels)
+        self.conv0 = Conv2d(in_channels, out_channels, 3, up=up, down=down)
+        self.affine = _linear(emb_channels, 2 * out_channels)
+        self.norm1 = group_norm(out_channels)
+        self.conv1 = Conv2d(out_channels, out_channels, 3, zero_init=True)
+        self.skip: Conv2d | None = None
+        if in_channels != out_channels or up or down:
+            kernel = 1 if in_channels != out_channels else 0
+            self.skip = Conv2d(in_channels, out_channels, kernel, up=up, down=down)
+        if num_heads:
+            if out_channels % num_heads:
+                raise ValueError(f"{out_channels} channels do not split into {num_heads} heads")
+            self.norm2 = group_norm(out_channels)
+            self.qkv = Conv2d(out_channels, 3 * out_channels, 1)
+            self.proj = Conv2d(out_channels, out_channels, 1, zero_init=True)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv0(F.silu(self.norm0(x)))
+        scale, shift = self.affine(emb)[:, :, None, None].chunk(2, dim=1)
+        h = F.silu(torch.addcmul(shift, self.norm1(h), scale + 1))
+        h = self.conv1(F.dropout(h, p=self.dropout, training=self.training))
+        x = h + (self.skip(x) if self.skip is not None else x)
+        if self.num_heads:
+            x = x + self.proj(self._attention(self.norm2(x)))
+        return x
+
+    def _attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Multi-head self-attention ``softmax(qᵀk/√d)·v`` over the ``H·W`` positions."""
+        n, c, height, width = x.shape
+        qkv = self.qkv(x).reshape(n, self.num_heads, c // self.num_heads, 3, height * width)
+        q, k, v = qkv.permute(3, 0, 1, 4, 2).contiguous().unbind(0)  # each (n, heads, HW, d)
+        a = F.scaled_dot_product_attention(q, k, v)
+        return a.transpose(-1, -2).reshape(n, c, height, width)
+
+
+def noise_embedding(c_noise: torch.Tensor, channels: int) -> torch.Tensor:
+    """ADM's sinusoidal embedding ``[cos(c·ω_j), sin(c·ω_j)]``, ``ω_j = 10⁻⁴^(j/(channels/2))``."""
+    half = channels // 2
+    freqs = (1 / 10000) ** (torch.arange(half, dtype=torch.float32, device=c_noise.device) / half)
+    angles = torch.outer(c_noise.to(torch.float32), freqs)
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+class UNet(nn.Module):
+    """ADM UNet with EDM's ``DhariwalUNet`` parameter names (``map_*``, ``enc.*``, ``dec.*``).
+
+    Level ``l`` runs at resolution ``img_resolution / 2^l`` with ``model_channels ·
+    channel_mult[l]`` channels and ``num_blocks`` residual blocks (decoder: one more, fed by
+    the encoder's skips); blocks at resolutions in ``attn_resolutions`` (and the first block
+    of the bottleneck) use ``out_channels // channels_per_head`` attention heads (none when
+    that is 0, as in EDM). ``label_dropout`` replaces a sample's labels by the zero vector
+    with that probability in training mode (classifier-free guidance, DESIGN §1).
+    ``augment_dim > 0`` adds EDM's ``map_augment`` for augmentation labels.
+    """
+
+    def __init__(
+        self,
+        img_resolution: int,
+        in_channels: int = 3,
+        out_channels: int | None = None,
+        label_dim: int = 0,
+        augment_dim: int = 0,
+        model_channels: int = 192,
+        channel_mult: Sequence[int] = (1, 2, 3, 4),
+        channel_mult_emb: int = 4,
+        num_blocks: int = 3,
+        attn_resolutions: Sequence[int] = (32, 16, 8),
+        dropout: float = 0.1,
+        label_dropout: float = 0.0,
+        channels_per_head: int = 64,
+        checkpointing: bool = False,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        levels = len(channel_mult)
+        if levels < 1 or img_resolution < 1 or img_resolution % 2 ** (levels - 1):
+            raise ValueError(
+                f"img_resolution {img_resolution} must be divisible by 2^(len(channel_mult)-1)"
+                f" = {2 ** max(levels - 1, 0)}; change img_resolution or channel_mult"
+            )
+        for name, p in (("dropout", dropout), ("label_dropout", label_dropout)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {p}")
+        self.img_resolution = img_resolution
+        self.in_channels = in_channels
+        self.out_channels = in_channels if out_channels is None else out_channels
+        self.label_dim, self.augment_dim = label_dim, augment_dim
+        self.model_channels = model_channels
+        self.label_dropout = label_dropout
+        self.levels = levels
+        self.checkpointing = checkpointing
+        self.channels_last = channels_last
+        emb_channels = model_channels * channel_mult_emb
+
+        def block(cin: int, cout: int, attention: bool = False, **kw: bool) -> UNetBlock:
+            heads = cout // channels_per_head if attention else 0
+            return UNetBlock(cin, cout, emb_channels, num_heads=heads, dropout=dropout, **kw)
+
+        # Mapping: noise level (and labels) to the embedding vector.
+        self.map_augment = _linear(augment_dim, model_channels, bias=False) if augment_dim else None
+        if self.map_augment is not None:
+            nn.init.zeros_(self.map_augment.weight)
+        self.map_layer0 = _linear(model_channels, emb_channels)
+        self.map_layer1 = _linear(emb_channels, emb_channels)
+        self.map_label = _linear(label_dim, emb_channels, bias=False) if label_dim else None
+        if self.map_label is not None:
+            nn.init.normal_(self.map_label.weight)
+
+        # Encoder.
+        self.enc = nn.ModuleDict()
+        skips = []
+        cout = in_channels
+        for level, mult in enumerate(channel_mult):
+            res = img_resolution >> level
+            attention = res in attn_resolutions
+            if level == 0:
+                self.enc[f"{res}x{res}_conv"] = Conv2d(cout, model_channels * mult, 3)
+                cout = model_channels * mult
+            else:
+                self.enc[f"{res}x{res}_down"] = block(cout, cout, down=True)
+            skips.append(cout)
+            for idx in range(num_blocks):
+                self.enc[f"{res}x{res}_block{idx}"] = block(cout, model_channels * mult, attention)
+                cout = model_channels * mult
+                skips.append(cout)
+
+        # Decoder; the ``_block`` entries take one encoder skip each, concatenated.
+        self.dec = nn.ModuleDict()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            res = img_resolution >> level
+            attention = res in attn_resolutions
+            if level == levels - 1:
+                self.dec[f"{res}x{res}_in0"] = block(cout, cout, attention=True)
+                self.dec[f"{res}x{res}_in1"] = block(cout, cout)
+            else:
+                self.dec[f"{res}x{res}_up"] = block(cout, cout, up=True)
+            for idx in range(num_blocks + 1):
+                cin = cout + skips.pop()
+                self.dec[f"{res}x{res}_block{idx}"] = block(cin, model_channels * mult, attention)
+                cout = model_channels * mult
+        self._takes_skip = tuple("_block" in name for name in self.dec)
+        self.out_norm = group_norm(cout)
+        self.out_conv = Conv2d(cout, self.out_channels, 3, zero_init=True)
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def _run(self, block: UNetBlock, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if self.checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, emb, use_reentrant=False)
+        return block(x, emb)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        c_noise: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        augment_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``F(x, c_noise, labels)``; ``labels=None`` is the unconditional (zero) label."""
+        n = x.shape[0]
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must be (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.shape[2] % 2 ** (self.levels - 1) or x.shape[3] % 2 ** (self.levels - 1):
+            raise ValueError(
+                f"x is {x.shape[2]}x{x.shape[3]}: H and W must be divisible by "
+                f"{2 ** (self.levels - 1)} for {self.levels} levels"
+            )
+        if labels is not None and labels.shape != (n, self.label_dim):
+            raise ValueError(
+                f"labels must be one-hot of shape ({n}, {self.label_dim}), got "
+                f"{tuple(labels.shape)}" + (" (network is unconditional)" if not self.label_dim else "")
+            )
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        emb = noise_embedding(c_noise.reshape(-1).expand(n), self.model_channels)
+        if self.map_augment is not None and augment_labels is not None:
+            emb = emb + self.map_augment(augment_labels)
+        emb = self.map_layer1(F.silu(self.map_layer0(emb)))
+        if self.map_label is not None and labels is not None:
+            if self.training and self.label_dropout:
+                keep = torch.rand(n, 1, device=x.device) >= self.label_dropout
+                labels = labels * keep.to(labels.dtype)
+            emb = emb + self.map_label(labels)
+        emb = F.silu(emb)
+
+        skips = []
+        for layer in self.enc.values():
+            x = self._run(layer, x, emb) if isinstance(layer, UNetBlock) else layer(x)
+            skips.append(x)
+        for layer, takes_skip in zip(self.dec.values(), self._takes_skip, strict=True):
+            if takes_skip:
+                x = torch.cat([x, skips.pop()], dim=1)
+            x = self._run(layer, x, emb)
+        return self.out_conv(F.silu(self.out_norm(x))).contiguous()
+
+
+@register("unet")
+def build_unet(preset: str | None = None, **kwargs) -> UNet:
+    """A :class:`UNet` from a named preset (``UNET_PRESETS``) updated by ``kwargs``."""
+    config: dict = {}
+    if preset is not None:
+        if preset not in UNET_PRESETS:
+            raise ValueError(f"unknown UNet preset {preset!r}; known: {', '.join(sorted(UNET_PRESETS))}")
+        config.update(UNET_PRESETS[preset])
+    config.update(kwargs)
+    if "img_resolution" not in config:
+        raise ValueError("UNet config needs img_resolution (or a preset that sets it)")
+    return UNet(**config)
