@@ -12,8 +12,8 @@ import torch
 from tqdm import tqdm
 
 from ..cascade import RelayCascade
-from ..config import write_json_atomic
-from ..data.images import image_grid, list_images, load_image, save_png, to_uint8
+from ..data.images import list_images, load_image, save_png, to_uint8
+from ..generate import write_samples, write_summary
 from ..ops import randn
 
 INPUT_NOISE_STREAM = 1 << 41  # offset of the seeds that draw --input-noise
@@ -35,11 +35,6 @@ def parse_seeds(text: str) -> list[int]:
         else:
             raise click.BadParameter(f"{part!r} is not a seed; use e.g. 0-63 or 1,5,9")
     return seeds
-
-
-def seed_path(out: Path, seed: int) -> Path:
-    """``OUT/000000/000123.png``: sub-folders of 1,000 seeds, as EDM writes them."""
-    return out / f"{seed - seed % 1000:06d}" / f"{seed:06d}.png"
 
 
 def _check_out_dir(out: Path) -> None:
@@ -123,46 +118,14 @@ def sample(cascade, toy, out, batch, device, seeds, class_idx, balanced, steps, 
     rank, world = _distributed()
     model = _load_cascade(cascade, toy, device or _default_device())
     _apply_overrides(model, steps, relay_steps, guidance, eta)
-    labels = model.labels_for(seed_list, class_idx, balanced=balanced)
-    todo = [s for s in seed_list[rank::world] if not seed_path(out, s).exists()]
-    stages = [f"stage{k}_{r}" for k, r in enumerate(model.resolutions, 1)]
-    bar = tqdm(total=len(todo), desc=f"sampling (rank {rank})", unit="img", disable=not todo)
-    for start in range(0, len(todo), batch):
-        chunk = todo[start:start + batch]
-        cls = None
-        if labels is not None:
-            cls = [int(labels[seed_list.index(s)]) for s in chunk]
-        images = model(chunk, class_idx=cls, batch_size=batch)
-        for k, stage_images in enumerate(images):
-            final = k == len(images) - 1
-            if not (final or all_stages):
-                continue
-            for seed, arr in zip(chunk, to_uint8(stage_images), strict=True):
-                target = out if final else out / stages[k]
-                save_png(arr, seed_path(target, seed))
-        bar.update(len(chunk))
-    bar.close()
+    new = write_samples(model, seed_list, out, batch=batch, class_idx=class_idx,
+                        balanced=balanced, all_stages=all_stages, rank=rank, world=world)
     if world > 1:
         torch.distributed.barrier()
     if rank == 0:
-        _write_summary(out, seed_list, labels, model, class_idx, balanced)
-    click.echo(f"{len(todo)} new image(s) in {out} ({len(seed_list) - len(todo)} already there)"
-               if world == 1 else f"rank {rank}: {len(todo)} new image(s)")
-
-
-def _write_summary(out: Path, seeds, labels, model, class_idx, balanced) -> None:
-    grid_seeds = seeds[:64]
-    tiles = [load_image(seed_path(out, s)) for s in grid_seeds if seed_path(out, s).exists()]
-    if tiles:
-        save_png(image_grid(tiles), out / "grid.png")
-    sampling = ("class-balanced" if balanced else "fixed" if class_idx is not None
-                else "random" if labels is not None else "unconditional")
-    write_json_atomic({
-        "label_sampling": sampling,
-        "num_classes": model.num_classes,
-        "resolutions": model.resolutions,
-        "labels": None if labels is None else {str(s): int(c) for s, c in zip(seeds, labels, strict=True)},
-    }, out / "labels.json")
+        write_summary(model, seed_list, out, class_idx=class_idx, balanced=balanced)
+    click.echo(f"{new} new image(s) in {out} ({len(seed_list) - new} already there)"
+               if world == 1 else f"rank {rank}: {new} new image(s)")
 
 
 @click.command()
