@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .ops import Generator, check_variant, heat_blur, randn, relay_noise
+from .ops import Generator, check_labels, check_variant, heat_blur, randn, relay_noise
 from .precond import loss_weight
 from .schedules import RelaySchedule, edm_training_sigmas
 
@@ -44,6 +44,7 @@ class EDMLoss:
 
     def __call__(self, denoiser, images, sigma, labels=None, *, generator: Generator = None):
         sigma = _check_sigma(sigma, images)
+        check_labels(labels, images.shape[0])
         view = (-1,) + (1,) * (images.dim() - 1)
         noise = randn(images.shape, generator, device=images.device, dtype=images.dtype)
         x_noisy = images + sigma.reshape(view) * noise
@@ -98,6 +99,7 @@ class RelayLoss:
 
     def __call__(self, denoiser, images, sigma, labels=None, *, generator: Generator = None):
         sigma = _check_sigma(sigma, images)
+        check_labels(labels, images.shape[0])
         view = (-1,) + (1,) * (images.dim() - 1)
         blurred = heat_blur(images, self.patch_size, self.schedule.blur_sigma_at(sigma),
                             self.schedule.min_scale)

@@ -19,6 +19,13 @@ Generator = torch.Generator | Sequence[torch.Generator] | None
 VARIANTS = ("paper", "official")
 
 
+def check_labels(labels: torch.Tensor | None, n: int) -> None:
+    """Raise a ``ValueError`` unless ``labels`` is ``None`` or has one row per sample."""
+    if labels is not None and (labels.dim() == 0 or labels.shape[0] != n):
+        raise ValueError(f"labels have shape {tuple(labels.shape)} for a batch of {n} samples; "
+                         "pass one label (row) per sample")
+
+
 def check_variant(variant: str) -> str:
     """Return ``variant`` if it is known, else raise a ``ValueError`` naming the choices."""
     if variant not in VARIANTS:
@@ -108,7 +115,10 @@ def patch_idct(X: torch.Tensor, p: int) -> torch.Tensor:
 
 
 def _check_blur_sigma(blur_sigma: float | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    b = torch.as_tensor(blur_sigma, dtype=dtype)
+    if isinstance(blur_sigma, torch.Tensor):  # the tables are built on the CPU, then moved
+        b = blur_sigma.detach().to("cpu", dtype)
+    else:
+        b = torch.as_tensor(blur_sigma, dtype=dtype)
     if b.dim() > 1:
         raise ValueError(f"blur_sigma must be a float or a tensor of shape (N,), got shape {tuple(b.shape)}")
     if not torch.isfinite(b).all() or (b < 0).any():

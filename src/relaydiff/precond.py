@@ -40,8 +40,9 @@ class EDMPrecond(nn.Module):
     """Wraps a raw network ``F(x, c_noise, labels)`` into a denoiser ``D(x, σ, labels)``.
 
     The raw network is stored as ``self.model`` so that state-dict keys match EDM's
-    ``EDMPrecond`` (``model.…``). The denoiser runs the network in the input's dtype unless
-    ``autocast_dtype`` is given (bf16/fp16 on GPU) and returns the input's dtype.
+    ``EDMPrecond`` (``model.…``). The network runs in float32 (under autocast to
+    ``autocast_dtype``, bf16/fp16, on GPU when given); the output is cast back to the input's
+    dtype, so a float64 sampler state works with a float32 network.
     """
 
     def __init__(

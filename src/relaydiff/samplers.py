@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from .ops import Generator, check_variant, heat_blur, randn, relay_noise
+from .ops import Generator, check_labels, check_variant, heat_blur, randn, relay_noise
 from .schedules import RelaySchedule, check_sigmas
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -62,6 +62,7 @@ def edm_sample(
     sigmas = check_sigmas(sigmas)
     if churn < 0 or not 0 <= sde_scale < 1:
         raise ValueError(f"need churn ≥ 0 and 0 ≤ sde_scale < 1, got churn={churn}, sde_scale={sde_scale}")
+    check_labels(labels, latents.shape[0])
     n_steps = len(sigmas) - 1
     s_list = sigmas.tolist()
     x = latents * s_list[0]
@@ -91,14 +92,11 @@ def edm_sample(
     return x
 
 
-def _relay_update(
-    x: torch.Tensor, target: torch.Tensor, gamma: float, b_cur: float, b_next: float,
-    patch_size: int, min_scale: float,
-) -> torch.Tensor:
-    """``IDCT(a_{i+1}·T + γ·(U − a_i·T))`` in pixel space: ``Blur_{i+1}(t) + γ·(x − Blur_i(t))``."""
-    blurred_cur = heat_blur(target, patch_size, b_cur, min_scale)
+def _relay_transfer(target: torch.Tensor, gamma: float, b_cur: float, b_next: float,
+                    patch_size: int, min_scale: float) -> torch.Tensor:
+    """``L(t) = IDCT((a_{i+1} − γ·a_i) ⊙ DCT(t)) = Blur_{i+1}(t) − γ·Blur_i(t)``."""
     out = heat_blur(target, patch_size, b_next, min_scale)
-    return out.add_(x - blurred_cur, alpha=gamma)
+    return out.sub_(heat_blur(target, patch_size, b_cur, min_scale), alpha=gamma)
 
 
 def relay_sample(
@@ -120,13 +118,19 @@ def relay_sample(
 
     ``x_start`` is the noised state at ``sigmas[0]`` (e.g. ``up(x_low) + σ_0·n``). With
     ``U = DCT(x_i)``, ``Û = DCT(D(x_i;σ_i))``, ``a_i = a_{b(u(σ_i))}`` and
-    ``γ = √(1−η²)·σ_{i+1}/σ_i`` the Euler step is ``U' = a_{i+1}·Û + γ·(U − a_i·Û)`` and
-    ``x_{i+1} = IDCT(U') + η·σ_{i+1}·n``. Heun (``order=2``) averages the slopes
-    ``d = (U − Û)/σ_i`` and ``d' = (U' − Û')/σ_{i+1}``:
-    ``U'' = (a_{i+1} + γ − γ·a_i)·U + σ_i·(γ·a_i − a_{i+1})·(d + d')/2``, i.e. the Euler update
-    applied to ``U − σ_i·(d + d')/2`` in place of ``Û``. The paper variant reuses the
-    predictor's noise ``n`` in the corrector; ``variant="official"`` draws fresh noise there
-    and uses the official relay noise. The last step (``σ_{i+1} = 0``) returns ``D(x_i;σ_i)``.
+    ``γ = √(1−η²)·σ_{i+1}/σ_i`` the Euler step is ``U' = a_{i+1}·Û + γ·(U − a_i·Û)
+    = γ·U + L·Û`` with ``L = a_{i+1} − γ·a_i``, and ``x_{i+1} = IDCT(U') + η·σ_{i+1}·n``.
+    The last step (``σ_{i+1} = 0``) returns ``D(x_i;σ_i)``.
+
+    Heun (``order=2``) evaluates ``Û' = DCT(D(x_{i+1};σ_{i+1}))`` at the Euler point.
+    ``variant="paper"`` uses the trapezoidal rule on the denoised images,
+    ``U'' = γ·U + L·(Û + Û')/2``, which is second order. The slope average of the paper's
+    Algorithm (``d = (U − Û)/σ_i``, ``d' = (U' − Û')/σ_{i+1}``,
+    ``U'' = (a_{i+1} + γ − γ·a_i)·U + σ_i·(γ·a_i − a_{i+1})·(d + d')/2``) is only first order
+    once the blur changes with σ: on Gaussian data with a detailed mean its samples are
+    measurably biased (docs/official-differences.md). ``variant="official"`` keeps that
+    released formula, draws fresh noise in the corrector and uses the official relay noise;
+    the paper variant reuses the predictor's noise ``n``.
     ``schedule`` is the sampling schedule (its ``prob_length`` is the sampling ``L``).
     """
     _check_order(order)
@@ -134,6 +138,7 @@ def relay_sample(
     sigmas = check_sigmas(sigmas)
     if not 0 <= eta <= 1:
         raise ValueError(f"eta={eta} (stochasticity) must lie in [0, 1]")
+    check_labels(labels, x_start.shape[0])
     s_list = sigmas.tolist()
     blur = [*schedule.blur_sigma_at(sigmas[:-1]).tolist(), 0.0]
     m = schedule.min_scale
@@ -151,17 +156,22 @@ def relay_sample(
         if s_next == 0:
             return denoised
         gamma = math.sqrt(1 - eta**2) * s_next / s
-        x_next = _relay_update(x, denoised, gamma, blur[i], blur[i + 1], patch_size, m)
+        base = x * gamma
+        update = _relay_transfer(denoised, gamma, blur[i], blur[i + 1], patch_size, m)
         n = noise().mul_(eta * s_next) if eta > 0 else None
-        if n is not None:
-            x_next = x_next + n
+        x_next = base + update if n is None else (base + update).add_(n)
         if order == 2:
-            d = (x - denoised) / s
-            d_next = (x_next - _denoise(denoiser, x_next, s_next, labels)) / s_next
-            target = x - (d + d_next) * (s / 2)
-            x_next = _relay_update(x, target, gamma, blur[i], blur[i + 1], patch_size, m)
-            if n is not None:
-                x_next = x_next + (n if variant == "paper" else noise().mul_(eta * s_next))
+            denoised_next = _denoise(denoiser, x_next, s_next, labels)
+            if variant == "official":
+                slopes = (x - denoised) / s + (x_next - denoised_next) / s_next
+                target = x - slopes * (s / 2)
+                x_next = base + _relay_transfer(target, gamma, blur[i], blur[i + 1], patch_size, m)
+                if n is not None:
+                    x_next.add_(noise(), alpha=eta * s_next)
+            else:
+                update.add_(_relay_transfer(denoised_next, gamma, blur[i], blur[i + 1],
+                                            patch_size, m)).mul_(0.5)
+                x_next = update.add_(base) if n is None else update.add_(base).add_(n)
         x = x_next
     return x
 
@@ -228,6 +238,7 @@ def classifier_free_guidance(
     def guided(x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         if labels is None:
             raise ValueError("classifier-free guidance needs class labels; pass labels or scale 1")
+        check_labels(labels, x.shape[0])
         w = guidance_weight(scale, sigma, schedule=schedule, power=power, sigma_min=sigma_min,
                             sigma_max=sigma_max, interval=interval).to(x.device)
         active = w != 1
