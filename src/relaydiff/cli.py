@@ -14,6 +14,7 @@ import click
 from . import __version__
 from .commands.analyze import analyze
 from .commands.data import data
+from .commands.eval import eval_group
 from .commands.sample import sample, upscale
 
 
@@ -27,6 +28,7 @@ cli.add_command(sample)
 cli.add_command(upscale)
 cli.add_command(data)
 cli.add_command(analyze)
+cli.add_command(eval_group)
 
 
 def main(argv: list[str] | None = None) -> None:

