@@ -39,6 +39,7 @@ from .samplers import classifier_free_guidance, edm_sample, relay_sample
 from .schedules import RelaySchedule, karras_sigmas
 
 CASCADE_FORMAT = "relaydiff.cascade"
+PRETRAINED = "fluent-emoji-3d-16to64"
 LABEL_STREAM = 1 << 40  # offset of the seeds that draw random class labels
 
 
@@ -147,6 +148,12 @@ def build_denoiser(config: StageConfig) -> EDMPrecond:
     """The preconditioned denoiser of a stage with freshly initialised weights."""
     net = build_network(config.network)
     return EDMPrecond(net, sigma_data=config.sigma_data, label_dim=config.label_dim)
+
+
+def pretrained_path(name: str = PRETRAINED) -> Path:
+    """Folder of a cascade shipped inside the package (``relaydiff/pretrained/NAME``); see
+    ``docs/pretrained.md``. ``RelayCascade.from_pretrained(pretrained_path())`` loads it."""
+    return Path(__file__).parent / "pretrained" / name
 
 
 @contextlib.contextmanager

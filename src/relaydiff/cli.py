@@ -14,8 +14,10 @@ import click
 from . import __version__
 from .commands.analyze import analyze
 from .commands.data import data
+from .commands.demo import demo
 from .commands.eval import eval_group
 from .commands.sample import sample, upscale
+from .commands.train import cascade, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -27,8 +29,11 @@ def cli() -> None:
 cli.add_command(sample)
 cli.add_command(upscale)
 cli.add_command(data)
-cli.add_command(analyze)
 cli.add_command(eval_group)
+cli.add_command(train)
+cli.add_command(cascade)
+cli.add_command(analyze)
+cli.add_command(demo)
 
 
 def main(argv: list[str] | None = None) -> None:

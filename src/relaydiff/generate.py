@@ -8,7 +8,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .cascade import RelayCascade
-from .config import write_json_atomic
+from .config import read_json, write_json_atomic
 from .data.images import image_grid, load_image, save_png, to_uint8
 
 GRID_SIZE = 64
@@ -64,7 +64,8 @@ def write_samples(model: RelayCascade, seeds: Sequence[int], out: str | Path, *,
 
 def write_summary(model: RelayCascade, seeds: Sequence[int], out: str | Path, *,
                   class_idx: int | None = None, balanced: bool = False) -> None:
-    """``grid.png`` of the first 64 seeds (in every stage folder present) and ``labels.json``."""
+    """``grid.png`` of the first 64 seeds (in every stage folder present) and ``labels.json``
+    (the seeds, and each seed's class), the manifest :func:`sample_files` reads."""
     out = Path(out)
     folders = [out] + [stage_folder(out, k, r) for k, r in enumerate(model.resolutions[:-1])]
     for folder in folders:
@@ -74,9 +75,22 @@ def write_summary(model: RelayCascade, seeds: Sequence[int], out: str | Path, *,
             save_png(image_grid(tiles), folder / "grid.png")
     labels = model.labels_for(seeds, class_idx, balanced=balanced)
     write_json_atomic({
+        "seeds": [int(x) for x in seeds],
         "label_sampling": label_sampling(labels, class_idx, balanced),
         "num_classes": model.num_classes,
         "resolutions": model.resolutions,
         "labels": None if labels is None else {str(s): int(c) for s, c in zip(seeds, labels,
                                                                                strict=True)},
     }, out / "labels.json")
+
+
+def sample_files(folder: str | Path) -> list[Path] | None:
+    """The sample images of a ``relaydiff sample`` folder, from its ``labels.json`` manifest
+    (so grids and lower-stage folders are not mistaken for samples); ``None`` without one."""
+    manifest = Path(folder) / "labels.json"
+    if not manifest.is_file():
+        return None
+    seeds = read_json(manifest).get("seeds")
+    if seeds is None:
+        return None
+    return [p for p in (seed_path(Path(folder), int(s)) for s in seeds) if p.exists()]

@@ -44,7 +44,8 @@ def _table(rows: Sequence[dict]) -> str:
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#222}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
 figure{display:inline-block;margin:.5em 1em .5em 0;vertical-align:top}
-figure img{image-rendering:pixelated;max-width:100%;border:1px solid #ccc}
+figure img{image-rendering:pixelated;max-width:100%;min-width:320px;height:auto;
+border:1px solid #ccc}
 figcaption{font-size:.85em;color:#555;max-width:520px}table{border-collapse:collapse;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f4f4f4}
 nav a{margin-right:1em}"""

@@ -125,7 +125,7 @@ def plot(result: SpectrumResult, path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("frequency (cycles per image)")
     ax.set_ylabel("SNR (dB)")
-    ax.set_title(f"SNR per DCT band at σ = {result.sigma} ({result.num_images} photos)")
+    ax.set_title(f"SNR per DCT band at σ = {result.sigma} ({result.num_images} images)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..cascade import RelayCascade
+from ..cascade import RelayCascade, pretrained_path
 from ..data.images import list_images, load_image, save_png, to_uint8
 from ..generate import write_samples, write_summary
 from ..ops import randn
@@ -46,7 +46,10 @@ def _load_cascade(cascade: str | None, toy: bool, device: str) -> RelayCascade:
     if toy:
         return RelayCascade.toy().to(device)
     if cascade is None:
-        raise click.UsageError("give --cascade DIR (a folder with cascade.json) or --toy")
+        cascade = pretrained_path()
+        if not (cascade / "cascade.json").is_file():
+            raise click.UsageError(f"the pretrained cascade is missing from this installation "
+                                   f"({cascade}); give --cascade DIR or --toy")
     return RelayCascade.from_pretrained(cascade, device=device)
 
 
@@ -79,7 +82,8 @@ def _apply_overrides(cascade: RelayCascade, steps, relay_steps, guidance, eta) -
 
 
 common = [
-    click.option("--cascade", type=click.Path(file_okay=False), help="Cascade folder (cascade.json)."),
+    click.option("--cascade", type=click.Path(file_okay=False),
+                 help="Cascade folder (cascade.json) [default: the pretrained 16→64 emoji cascade]."),
     click.option("--toy", is_flag=True, help="Use an untrained toy 16→64 cascade (smoke test)."),
     click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder."),
     click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1),

@@ -1,10 +1,12 @@
 """Image sets the metrics read, streamed in batches: a folder of image files, or an ``.npz`` with
 ``arr_0`` (N×H×W×3 uint8, ADM's sample/reference batch format).
 
-Modes: every image becomes RGB (alpha composited over white, greyscale replicated; see
-:func:`relaydiff.data.images.load_image`). Sizes: all images of a set must share the first
-image's size; a different size is refused with the file's name, never silently resized (the
-Inception resizes every set to 299×299 itself, like the reference implementations).
+A folder written by ``relaydiff sample`` holds only the seeds listed in its ``labels.json``
+(grids and ``--all-stages`` folders are not samples). Modes: every image becomes RGB (alpha
+composited over white, greyscale replicated; see :func:`relaydiff.data.images.load_image`).
+Sizes: all images of a set must share the first image's size; a different size is refused with
+the file's name, never silently resized (the Inception resizes every set to 299×299 itself,
+like the reference implementations).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 
 from ..data.images import list_images, load_image
+from ..generate import sample_files
 
 ARRAY_KEY = "arr_0"
 
@@ -46,7 +49,7 @@ class ImageSet:
         self.path = Path(path)
         self.threads = threads
         if self.path.is_dir():
-            self.files = list_images(self.path)
+            self.files = sample_files(self.path) or list_images(self.path)
             if not self.files:
                 raise ValueError(f"{self.path}: no image files (.png, .jpg, .webp, .bmp) found")
             h, w, _ = load_image(self.files[0]).shape

@@ -1,0 +1,87 @@
+"""``relaydiff train`` (one stage, one process or torchrun) and ``relaydiff cascade build``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..training.config import config_path, load_train_config
+from ..training.export import cascade_from_snapshots
+from ..training.loop import train as run_training
+
+
+@click.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value, e.g. --set optim.lr=2e-4 --set data.path=DIR.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run folder (log, checkpoints, samples) [default: runs/<config name>].",
+)
+@click.option(
+    "--resume",
+    default=None,
+    metavar="auto|PATH",
+    help="Continue from the newest complete checkpoint of --out (auto) or from PATH.",
+)
+@click.option(
+    "--max-minutes",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Stop (with a checkpoint) after this many minutes; --resume auto continues.",
+)
+@click.option("--skip-bad", is_flag=True, help="Skip (and count) unreadable images in the data set.")
+@click.option("--cond", is_flag=True, help="Class-conditional training (needs labelled data).")
+@click.option("--no-progress", is_flag=True, help="No progress bar (logs still written).")
+def train(config, overrides, out, resume, max_minutes, skip_bad, cond, no_progress) -> None:
+    """Train one stage (EDM stage 1 or a relay stage) from a JSON CONFIG (a file, or the name of
+    a built-in config: stage1_16, relay_16to64).
+
+    Runs alone or under torchrun (DDP: NCCL on GPUs, gloo on CPUs); the global batch is
+    per-device batch × devices × accumulation steps.
+    """
+    extra = [*(["data.skip_bad=true"] if skip_bad else []), *(["cond=true"] if cond else [])]
+    if not config.exists() and config_path(str(config)).is_file():
+        config = config_path(str(config))  # a built-in config by name, e.g. stage1_16
+    cfg = load_train_config(config, [*overrides, *extra])
+    out = out or Path("runs") / config.stem
+    result = run_training(cfg, out, resume=resume, max_minutes=max_minutes, progress=not no_progress)
+    state = "finished" if result.finished else "stopped (resume with --resume auto)"
+    c = result.cost
+    click.echo(
+        f"{state} at step {result.step}: {result.images_seen} images seen, "
+        f"{c.device_hours:.3f} device-hours, {c.flops_per_image / 1e9:.3f} GFLOP/image; "
+        f"checkpoint {result.snapshot}"
+    )
+
+
+@click.group()
+def cascade() -> None:
+    """Assemble cascades from training checkpoints."""
+
+
+@cascade.command()
+@click.option(
+    "--stage",
+    "stages",
+    multiple=True,
+    required=True,
+    metavar="CKPT",
+    help="A checkpoint folder or a run folder (newest checkpoint), lowest stage first.",
+)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Cascade folder.")
+def build(stages, out) -> None:
+    """Write a cascade folder (EMA weights of every stage) that `relaydiff sample` loads."""
+    model = cascade_from_snapshots(stages)
+    model.save_pretrained(out)
+    configs = model.configs
+    chain = " → ".join(str(c.resolution) for c in configs)
+    click.echo(f"wrote {out}: {len(configs)} stage(s), {chain} px")

@@ -1,0 +1,67 @@
+"""The training data order: global sample ``g`` is a pure function of ``(seed, g)``.
+
+Epoch ``e = g // N`` visits the ``N`` images in the permutation drawn from
+``numpy.random.default_rng([seed, e])``; sample ``g`` is image ``perm_e[g mod N]``, mirrored
+when :func:`relaydiff.data.flip_decision` says so. Step ``t`` trains on the samples
+``g ∈ [t·B, (t+1)·B)``; device ``r`` of ``W`` takes the ``r``-th slice of ``B/W`` of them,
+split into micro-batches. Resuming therefore needs only the step number, and the global batch
+is the same whatever the number of devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from ..data import flip_decision
+
+
+class GlobalSampleDataset(torch.utils.data.Dataset):
+    """Wraps an image dataset: item ``g`` is ``(image in [-1, 1], label, g)`` of global sample ``g``."""
+
+    def __init__(self, dataset, seed: int, xflip: bool) -> None:
+        self.dataset = dataset
+        self.seed = int(seed)
+        self.xflip = bool(xflip)
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def index(self, g: int) -> tuple[int, int]:
+        """``(epoch, dataset index)`` of global sample ``g``."""
+        n = len(self.dataset)
+        epoch, pos = divmod(int(g), n)
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(n))
+        return epoch, int(self._perm[1][pos])
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, g: int) -> tuple[torch.Tensor, int, int]:
+        epoch, index = self.index(g)
+        image, label = self.dataset[index]
+        if self.xflip and flip_decision(self.seed, epoch, index):
+            image = image.flip(-1)
+        return image.to(torch.float32) / 127.5 - 1, int(label), int(g)
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Micro-batches of global sample indices for one device, from step ``start_step`` on."""
+
+    def __init__(
+        self, batch: int, per_device: int, rank: int, world_size: int, start_step: int, total_steps: int
+    ) -> None:
+        self.batch, self.per_device = batch, per_device
+        self.rank, self.world_size = rank, world_size
+        self.start_step, self.total_steps = start_step, total_steps
+
+    def __len__(self) -> int:
+        return (self.total_steps - self.start_step) * self.batch // (self.per_device * self.world_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        share = self.batch // self.world_size
+        for step in range(self.start_step, self.total_steps):
+            first = step * self.batch + self.rank * share
+            for m in range(0, share, self.per_device):
+                yield list(range(first + m, first + m + self.per_device))

@@ -1,0 +1,32 @@
+"""Sample grids from the EMA network of one stage, for a look at training progress.
+
+A stage-1 (EDM) network samples from noise with its own sampler settings. A relay stage
+relays real images: ``x_low = down(x_data)`` goes through the stage's relay sampler, which
+starts from ``up(x_low) + σ_0·n``; the grid shows ``up(x_low)`` and the result side by side.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..cascade import RelayCascade, StageConfig
+from ..data.images import image_grid, to_uint8
+from ..ops import downsample, upsample
+
+
+def sample_grid(
+    config: StageConfig, denoiser: torch.nn.Module, real: torch.Tensor | None, count: int
+) -> np.ndarray:
+    """An ``H×W×3`` uint8 grid of ``count`` samples (seeds ``0..count-1``)."""
+    cascade = RelayCascade([config], [denoiser])
+    seeds = list(range(count))
+    if config.kind == "edm":
+        images = cascade(seeds, batch_size=count, dtype=torch.float32, batch_invariant=False)[-1]
+        return image_grid(to_uint8(images))
+    if real is None:
+        raise ValueError("a relay stage's sample grid needs real images to relay")
+    low = downsample(real[:count].to(cascade.device), config.relay.scale)
+    high = cascade(seeds, low_res=low, batch_size=count, dtype=torch.float32, batch_invariant=False)[-1]
+    pairs = torch.stack([upsample(low.cpu(), config.relay.scale), high], dim=1).flatten(0, 1)
+    return image_grid(to_uint8(pairs), columns=2 * int(np.ceil(np.sqrt(count))))

@@ -1,0 +1,459 @@
+"""The training loop of one stage (EDM stage 1 or a relay stage), alone or under ``torchrun``.
+
+Every step ``t`` trains on the global samples ``g ∈ [t·B, (t+1)·B)`` (``training.data``).
+Randomness is a function of the seed and the step: σ and the noise of sample ``g`` come from
+a generator seeded with ``(seed, g)``, and the global torch RNG (network dropout, label
+dropout) is reseeded with ``(seed, t, rank)`` at each step. A resumed run therefore repeats
+exactly what an uninterrupted run does, and with ``noise_rng="per_sample"`` and no dropout
+the weights do not depend on the number of processes.
+
+Per step (following EDM's ``training_loop.py``):
+``lr = lr_max·min(images_seen / rampup_images, 1)``; gradient of
+``scale·Σ_{g in batch} loss_g / B`` (each process scales its share so that DDP's gradient
+average equals the mean over the global batch); non-finite gradient entries replaced as in
+EDM; Adam step; EMA update (``training.ema``). A step whose loss is non-finite on any process
+is skipped; after ``max_bad_steps`` such steps training stops with an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..cascade import build_denoiser
+from ..data import open_dataset
+from ..data.images import save_png
+from ..losses import EDMLoss, RelayLoss
+from .checkpoint import (
+    Snapshot,
+    list_snapshots,
+    resolve_snapshot,
+    rng_state,
+    save_snapshot,
+    set_rng_state,
+)
+from .config import TrainConfig, config_differences
+from .cost import TrainingCost, flops_per_image
+from .data import GlobalSampleDataset, StepBatches
+from .distributed import World, close_world, init_world
+from .ema import EMA
+from .grids import sample_grid
+from .logging import RunLog, SigmaBands
+
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Config keys that may change when a run is resumed (everything else must match the snapshot).
+RESUMABLE_CHANGES = (
+    "total_images",
+    "checkpoint.",
+    "log.",
+    "data.workers",
+    "data.skip_bad",
+    "device",
+    "max_bad_steps",
+    "compile",
+)
+SAMPLE_STREAM = 1  # seed-sequence stream of the per-sample generators
+STEP_STREAM = 2  # seed-sequence stream of the per-step global RNG seeds
+DEVICE_STREAM = 3  # seed-sequence stream of the per-device generators (noise_rng="per_device")
+
+
+def derived_seed(*words: int) -> int:
+    """A 63-bit seed that is a function of ``words`` only (numpy's SeedSequence hashing)."""
+    state = np.random.SeedSequence([int(w) for w in words]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31 | int(state[1])) & ((1 << 63) - 1)
+
+
+def make_loss(config: TrainConfig) -> EDMLoss | RelayLoss:
+    """The loss of the stage: EDM's for stage 1, the relay loss (λ clamped) for relay stages."""
+    stage = config.stage
+    if stage.kind == "edm":
+        return EDMLoss(config.loss.p_mean, config.loss.p_std, stage.sigma_data)
+    r = stage.relay
+    return RelayLoss(
+        r.schedule(),
+        r.scale,
+        r.block_alpha,
+        config.loss.sigma_floor,
+        config.loss.weight_max,
+        stage.sigma_data,
+        r.variant,
+    )
+
+
+def resolve_stage(config: TrainConfig, num_classes: int, data_name: str) -> TrainConfig:
+    """Fill in the stage's label dimension from the data set (class-conditional runs)."""
+    stage = config.stage
+    cond = config.cond or stage.label_dim > 0
+    if not cond:
+        return config
+    if num_classes == 0:
+        raise ValueError(
+            f"{data_name}: class-conditional training (--cond) needs labels, but this "
+            "data set has none; add a dataset.json with labels or one sub-folder "
+            "per class, or train without --cond"
+        )
+    if stage.label_dim not in (0, num_classes):
+        raise ValueError(
+            f"stage.label_dim is {stage.label_dim} but {data_name} has {num_classes} "
+            "classes; set stage.label_dim to that or leave it 0"
+        )
+    network = {**stage.network, "label_dim": num_classes}
+    return replace(config, cond=True, stage=replace(stage, label_dim=num_classes, network=network))
+
+
+def _check_resume(config: TrainConfig, snapshot: Snapshot) -> None:
+    old = snapshot.state["config"]
+    changed = [k for k in config_differences(old, config.to_dict()) if not k.startswith(RESUMABLE_CHANGES)]
+    if changed:
+        raise ValueError(
+            f"{snapshot.path / 'state.json'}: the checkpoint was trained with other "
+            f"settings ({', '.join(changed)}); resume with the same config or start "
+            "a new run folder"
+        )
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or time-limited) run leaves behind."""
+
+    step: int
+    images_seen: int
+    snapshot: Path
+    cost: TrainingCost
+    finished: bool
+
+
+class Trainer:
+    """Sets up one stage's training from a :class:`TrainConfig` and runs it."""
+
+    def __init__(
+        self, config: TrainConfig, out: str | Path, *, resume: str | None = None, world: World | None = None
+    ) -> None:
+        self.world = world or init_world(config.device)
+        self.out = Path(out)
+        d = config.data
+        if not d.path:
+            raise ValueError("data.path is empty; give the training images with --set data.path=DIR")
+        self.dataset = open_dataset(
+            d.path,
+            resolution=config.stage.resolution,
+            skip_bad=d.skip_bad,
+            background=d.background,
+            limit=d.limit,
+        )
+        if self.dataset.skipped:
+            reason = self.dataset.skipped[0][1]
+            warnings.warn(
+                f"skipped {len(self.dataset.skipped)} unreadable image(s), e.g. {reason}", stacklevel=2
+            )
+        self.config = resolve_stage(config, self.dataset.num_classes, d.path)
+        self.per_device, self.accum = self.config.micro_batch(self.world.size)
+        if not resume and list_snapshots(self.out / "checkpoints"):
+            raise ValueError(
+                f"{self.out} already holds checkpoints; continue with --resume auto or choose another --out"
+            )
+        snapshot = resolve_snapshot(resume, run_dir=self.out) if resume else None
+        if snapshot is not None:
+            _check_resume(self.config, snapshot)
+        self._build(snapshot)
+
+    # ------------------------------------------------------------------ set-up
+    def _build(self, snapshot: Snapshot | None) -> None:
+        cfg, dev = self.config, self.world.device
+        torch.manual_seed(cfg.seed)
+        den = build_denoiser(cfg.stage)
+        net_res = getattr(den.model, "img_resolution", cfg.stage.resolution)
+        if net_res != cfg.stage.resolution:
+            raise ValueError(
+                f"stage.network.img_resolution is {net_res} but stage.resolution is "
+                f"{cfg.stage.resolution}; make them equal"
+            )
+        den.autocast_dtype = AUTOCAST[cfg.precision]
+        self.denoiser = den.to(dev).train()
+        self.ema = EMA(self.denoiser, cfg.ema.halflife_images, cfg.ema.rampup_ratio)
+        o = cfg.optim
+        self.optimizer = torch.optim.Adam(self.denoiser.parameters(), lr=o.lr, betas=o.betas, eps=o.eps)
+        self.loss_fn = make_loss(cfg)
+        self.step, self.bad_steps = 0, 0
+        self.cost = TrainingCost()
+        self.resumed_from = snapshot.path if snapshot is not None else None
+        if snapshot is not None:
+            self.denoiser.model.load_state_dict(snapshot.model, strict=True)
+            self.ema.module.model.load_state_dict(snapshot.ema, strict=True)
+            self.optimizer.load_state_dict(snapshot.optimizer)
+            s = snapshot.state
+            self.step, self.bad_steps = s["step"], s["bad_steps"]
+            self.cost = TrainingCost.from_dict(s["cost"])
+            set_rng_state(s["rng"])
+        if not self.cost.flops_per_image:
+            shape = (cfg.stage.channels, cfg.stage.resolution, cfg.stage.resolution)
+            self.cost.flops_per_image = flops_per_image(
+                self.denoiser, self.loss_fn, shape, cfg.stage.label_dim, dev
+            )
+        self.model: torch.nn.Module = self.denoiser
+        if self.world.size > 1:
+            # EDM's augmentation map (``augment_dim`` > 0) gets no input without augmentation.
+            unused = getattr(den.model, "map_augment", None) is not None
+            self.model = DistributedDataParallel(
+                self.denoiser, device_ids=[dev] if dev.type == "cuda" else None, find_unused_parameters=unused
+            )
+        if cfg.compile:
+            self.model = torch.compile(self.model)
+
+    def _loader(self) -> torch.utils.data.DataLoader:
+        cfg = self.config
+        data = GlobalSampleDataset(self.dataset, cfg.seed, cfg.data.xflip)
+        batches = StepBatches(
+            cfg.batch, self.per_device, self.world.rank, self.world.size, self.step, cfg.total_steps
+        )
+        return torch.utils.data.DataLoader(
+            data,
+            batch_sampler=batches,
+            num_workers=cfg.data.workers,
+            pin_memory=self.world.device.type == "cuda",
+        )
+
+    def _generators(self, indices: torch.Tensor, micro: int):
+        cfg, dev = self.config, self.world.device
+        if cfg.noise_rng == "per_sample":
+            return [
+                torch.Generator().manual_seed(derived_seed(cfg.seed, SAMPLE_STREAM, g))
+                for g in indices.tolist()
+            ]
+        seed = derived_seed(cfg.seed, DEVICE_STREAM, self.step, self.world.rank, micro)
+        return torch.Generator(dev).manual_seed(seed)
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, micro_batches) -> tuple[torch.Tensor, SigmaBands]:
+        """One optimiser step over this process's micro-batches; returns (loss sum & count, bands)."""
+        cfg, dev, world = self.config, self.world.device, self.world
+        torch.manual_seed(derived_seed(cfg.seed, STEP_STREAM, self.step, world.rank))
+        images_seen = self.step * cfg.batch
+        lr = cfg.optim.lr * min(images_seen / max(cfg.optim.rampup_images, 1e-8), 1.0)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        bands = SigmaBands()
+        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, sample count, non-finite flag
+        factor = cfg.loss.scale * world.size / cfg.batch
+        for m, (images, labels, indices) in enumerate(micro_batches):
+            images = images.to(dev, non_blocking=True)
+            onehot = None
+            if self.config.stage.label_dim:
+                onehot = torch.nn.functional.one_hot(labels, cfg.stage.label_dim).to(dev, torch.float32)
+            gens = self._generators(indices, m)
+            sigma = self.loss_fn.sample_sigma(images.shape[0], generator=gens, device=dev)
+            sync = m == len(micro_batches) - 1 or not isinstance(self.model, DistributedDataParallel)
+            with contextlib.nullcontext() if sync else self.model.no_sync():
+                per_sample = self.loss_fn(self.model, images, sigma, onehot, generator=gens)
+                (per_sample.sum() * factor).backward()
+            totals[0] += per_sample.detach().double().sum().cpu()
+            totals[1] += per_sample.shape[0]
+            bands.add(sigma, per_sample)
+        totals[2] = float(not torch.isfinite(totals[0]))
+        totals = world.sum(totals)
+        if totals[2] > 0:
+            self.bad_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.bad_steps > cfg.max_bad_steps:
+                raise RuntimeError(
+                    f"the loss was non-finite in {self.bad_steps} steps (more than "
+                    f"max_bad_steps={cfg.max_bad_steps}); lower optim.lr or check "
+                    "the data"
+                )
+            warnings.warn(
+                f"step {self.step}: non-finite loss, step skipped ({self.bad_steps}/{cfg.max_bad_steps})",
+                stacklevel=2,
+            )
+        else:
+            for p in self.denoiser.parameters():
+                if p.grad is not None:
+                    torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
+            self.optimizer.step()
+            self.ema.update(self.denoiser, cfg.batch, images_seen)
+        self.step += 1
+        return totals, bands
+
+    def grad_norm(self) -> float:
+        norms = [p.grad.detach().norm() for p in self.denoiser.parameters() if p.grad is not None]
+        return torch.stack(norms).norm().item() / self.config.loss.scale if norms else 0.0
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, cost: TrainingCost) -> Path:
+        """Write snapshot ``ckpt-<step>`` (main process) and wait for it on every process."""
+        root = self.out / "checkpoints"
+        if self.world.is_main:
+            images = self.step * self.config.batch
+            state = {
+                "config": self.config.to_dict(),
+                "step": self.step,
+                "images_seen": images,
+                "bad_steps": self.bad_steps,
+                "cost": cost.to_dict(),
+                "rng": rng_state(),
+                "data_order": {
+                    "seed": self.config.seed,
+                    "dataset_size": len(self.dataset),
+                    "next_sample": images,
+                    "epoch": images // len(self.dataset),
+                    "xflip": self.config.data.xflip,
+                },
+            }
+            save_snapshot(
+                root,
+                self.step,
+                model=self.denoiser.model.state_dict(),
+                ema=self.ema.module.model.state_dict(),
+                optimizer=self.optimizer.state_dict(),
+                state=state,
+                keep=self.config.checkpoint.keep,
+            )
+        self.world.barrier()
+        return root / f"ckpt-{self.step:08d}"
+
+    def _grid(self, log: RunLog) -> None:
+        cfg = self.config
+        n = min(cfg.log.grid_size, len(self.dataset))
+        real = None
+        if cfg.stage.kind == "relay":
+            real = torch.stack([self.dataset[i][0] for i in range(n)]).float() / 127.5 - 1
+        grid = sample_grid(cfg.stage, self.ema.module, real, n)
+        save_png(grid, self.out / "samples" / f"grid-{self.step * cfg.batch:012d}.png")
+        log.image("samples/ema", self.step, grid)
+
+    # ------------------------------------------------------------------ the loop
+    def _report(
+        self,
+        log: RunLog | None,
+        bar: tqdm,
+        running: torch.Tensor,
+        bands: SigmaBands,
+        seconds: float,
+        images: int,
+    ) -> None:
+        """Log the mean loss (overall and per σ band) since the last report, lr, grad norm, speed."""
+        stats = self.world.sum(torch.cat([running[:2], bands.stats]))
+        values = {
+            "images_seen": self.step * self.config.batch,
+            "loss": (stats[0] / stats[1]).item(),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "grad_norm": self.grad_norm(),
+            "images_per_s": images / max(seconds, 1e-9),
+            "bad_steps": self.bad_steps,
+            **bands.means(stats[2:]),
+        }
+        if log is not None:
+            log.record("train", self.step, values)
+            bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_s']:.1f}")
+
+    def _snapshot(self, since: float) -> tuple[Path, float]:
+        """Add the wall-clock time since ``since`` to the cost, write a snapshot; (path, now)."""
+        now = time.perf_counter()
+        self.cost.images_seen = self.step * self.config.batch
+        self.cost.add_time(now - since, self.world.size)
+        return self.save(self.cost), now
+
+    def run(self, max_minutes: float | None = None, progress: bool = True) -> TrainResult:
+        """Train until ``total_images`` (or ``max_minutes``), then write a final snapshot."""
+        cfg, world = self.config, self.world
+        log = None
+        if world.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            log = RunLog(self.out, cfg.log.tensorboard)
+            log.record(
+                "start",
+                self.step,
+                {
+                    "config": cfg.to_dict(),
+                    "devices": world.size,
+                    "batch_per_device": self.per_device,
+                    "accumulation": self.accum,
+                    "skipped_images": len(self.dataset.skipped),
+                    "flops_per_image": self.cost.flops_per_image,
+                },
+            )
+        start = last_mark = window_start = time.perf_counter()
+        bar = tqdm(
+            total=cfg.total_steps * cfg.batch,
+            initial=self.step * cfg.batch,
+            unit="img",
+            disable=log is None or not progress,
+            dynamic_ncols=True,
+        )
+        running, bands = torch.zeros(3, dtype=torch.float64), SigmaBands()
+        last_saved, snapshot = self.step, self.resumed_from
+        loader_iter = iter(self._loader())
+        try:
+            while self.step < cfg.total_steps:
+                micro = [next(loader_iter) for _ in range(self.accum)]
+                before = self.step * cfg.batch
+                totals, step_bands = self.train_step(micro)
+                images = self.step * cfg.batch
+                running += totals
+                bands.stats += step_bands.stats
+                bar.update(cfg.batch)
+                if self.step % cfg.log.every_steps == 0 or self.step == cfg.total_steps:
+                    now = time.perf_counter()
+                    self._report(
+                        log, bar, running, bands, now - window_start, int(running[1].item()) * world.size
+                    )
+                    running.zero_()
+                    bands.reset()
+                    window_start = now
+                over_time = torch.zeros(1)
+                if max_minutes is not None and world.is_main:
+                    over_time[0] = float(time.perf_counter() - start > 60 * max_minutes)
+                stop = world.sum(over_time).item() > 0
+                every = cfg.checkpoint.every_images
+                if images // every > before // every or stop:
+                    snapshot, last_mark = self._snapshot(last_mark)
+                    last_saved = self.step
+                every = cfg.log.grid_every_images
+                if log is not None and every and images // every > before // every:
+                    self._grid(log)
+                if stop:
+                    break
+            if last_saved != self.step or snapshot is None:
+                snapshot, last_mark = self._snapshot(last_mark)
+            finished = self.step >= cfg.total_steps
+            if log is not None:
+                log.record("end", self.step, {"finished": finished, **self.cost.to_dict()})
+        except (ValueError, RuntimeError) as e:
+            if str(e).startswith("Caught "):  # re-raised from a DataLoader worker
+                raise type(e)(_worker_message(e)) from None
+            raise
+        finally:
+            bar.close()
+            if log is not None:
+                log.close()
+        return TrainResult(self.step, self.step * cfg.batch, snapshot, self.cost, finished)
+
+
+def _worker_message(error: Exception) -> str:
+    """DataLoader workers re-raise errors with a traceback; keep only the final message."""
+    last = [ln for ln in str(error).splitlines() if ln.strip()][-1]
+    return last.split(": ", 1)[1] if last.startswith(("ValueError: ", "RuntimeError: ")) else last
+
+
+def train(
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    resume: str | None = None,
+    max_minutes: float | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train one stage (see :class:`Trainer`); joins/leaves torchrun's process group."""
+    world = init_world(config.device)
+    try:
+        return Trainer(config, out, resume=resume, world=world).run(max_minutes, progress)
+    finally:
+        close_world(world)
