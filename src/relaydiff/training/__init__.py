@@ -1,0 +1,1 @@
+"""Training one stage: configuration, the loop, checkpoints, EMA, logging and cost."""
