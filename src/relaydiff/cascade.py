@@ -347,6 +347,7 @@ class RelayCascade(nn.Module):
             raise ValueError(f"{directory}: exists and is not a folder; choose another --out")
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        tmp.chmod(0o755)
         try:
             names = []
             for k, (cfg, den) in enumerate(zip(self.configs, self.denoisers, strict=True), 1):

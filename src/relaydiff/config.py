@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import os
-import tempfile
 import types
 import typing
 from pathlib import Path
@@ -59,19 +57,9 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 def write_json_atomic(data: Any, path: str | Path) -> None:
     """Write JSON to ``path`` through a temporary file, fsync and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, allow_nan=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .data.files import write_bytes_atomic
+
+    write_bytes_atomic(path, (json.dumps(data, indent=2, allow_nan=True) + "\n").encode())
 
 
 def read_json(path: str | Path) -> Any:

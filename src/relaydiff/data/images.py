@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageColor, UnidentifiedImageError
+
+from .files import write_bytes_atomic
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError)
@@ -92,17 +93,9 @@ def to_uint8(images) -> np.ndarray:
 
 def save_png(array: np.ndarray, path: str | Path) -> None:
     """Write an ``H×W×C`` uint8 array as PNG atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-            img.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buf, format="PNG")
+    write_bytes_atomic(path, buf.getvalue(), durable=False)
 
 
 def image_grid(images: Iterable[np.ndarray], columns: int | None = None) -> np.ndarray:
