@@ -72,3 +72,13 @@ def test_upscale_relays_user_images(tmp_path):
     Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(src / "odd.png")
     r = run("upscale", "--toy", "--input", str(src), "--out", str(tmp_path / "o2"))
     assert r.returncode == 2 and "different sizes" in r.stderr
+
+
+def test_sample_without_cascade_uses_the_pretrained_one(tmp_path):
+    from relaydiff.cascade import pretrained_path
+
+    assert (pretrained_path() / "cascade.json").is_file()
+    r = run("sample", "--out", str(tmp_path / "p"), "--seeds", "0-1", "--relay-steps", "8",
+            "--steps", "4")
+    assert r.returncode == 0, r.stderr
+    assert np.asarray(Image.open(tmp_path / "p" / "000000" / "000001.png")).shape == (64, 64, 3)
