@@ -378,8 +378,10 @@ def test_shipped_configs_parse_and_tiny_ones_build():
         "celebahq64_stage1",
         "celebahq256_relay",
     ]
-    configs = {n: load_train_config(root / f"{n}.json" if (root / f"{n}.json").exists()
-                                    else config_path(n)) for n in names}
+    configs = {
+        n: load_train_config(root / f"{n}.json" if (root / f"{n}.json").exists() else config_path(n))
+        for n in names
+    }
     assert configs["imagenet256_relay"].stage.relay.prob_length == 0.93
     assert configs["celebahq256_relay"].stage.relay.blur_sigma_max == 2.0
     for name in ("stage1_16", "relay_16to64"):
