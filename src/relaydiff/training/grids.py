@@ -15,18 +15,29 @@ from ..data.images import image_grid, to_uint8
 from ..ops import downsample, upsample
 
 
-def sample_grid(
-    config: StageConfig, denoiser: torch.nn.Module, real: torch.Tensor | None, count: int
-) -> np.ndarray:
-    """An ``H×W×3`` uint8 grid of ``count`` samples (seeds ``0..count-1``)."""
+def stage_samples(config: StageConfig, denoiser: torch.nn.Module, real: torch.Tensor | None,
+                  count: int) -> torch.Tensor:
+    """``count`` samples of one stage (seeds ``0..count-1``); a relay stage relays
+    ``down(real)``. Returns ``N×C×H×W`` in [-1, 1]."""
     cascade = RelayCascade([config], [denoiser])
     seeds = list(range(count))
     if config.kind == "edm":
-        images = cascade(seeds, batch_size=count, dtype=torch.float32, batch_invariant=False)[-1]
-        return image_grid(to_uint8(images))
+        return cascade(seeds, batch_size=count, dtype=torch.float32, batch_invariant=False)[-1]
     if real is None:
-        raise ValueError("a relay stage's sample grid needs real images to relay")
+        raise ValueError("a relay stage's samples need real images to relay")
     low = downsample(real[:count].to(cascade.device), config.relay.scale)
-    high = cascade(seeds, low_res=low, batch_size=count, dtype=torch.float32, batch_invariant=False)[-1]
-    pairs = torch.stack([upsample(low.cpu(), config.relay.scale), high], dim=1).flatten(0, 1)
+    return cascade(seeds, low_res=low, batch_size=count, dtype=torch.float32,
+                   batch_invariant=False)[-1]
+
+
+def sample_grid(
+    config: StageConfig, denoiser: torch.nn.Module, real: torch.Tensor | None, count: int
+) -> np.ndarray:
+    """An ``H×W×3`` uint8 grid of ``count`` samples (seeds ``0..count-1``); a relay stage's
+    grid pairs each nearest-upsampled input with its output."""
+    images = stage_samples(config, denoiser, real, count)
+    if config.kind == "edm":
+        return image_grid(to_uint8(images))
+    low = downsample(real[:count], config.relay.scale)
+    pairs = torch.stack([upsample(low, config.relay.scale), images], dim=1).flatten(0, 1)
     return image_grid(to_uint8(pairs), columns=2 * int(np.ceil(np.sqrt(count))))

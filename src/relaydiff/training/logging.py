@@ -68,6 +68,10 @@ class RunLog:
                 if isinstance(value, (int, float)) and key != "step":
                     self.writer.add_scalar(key, value, step)
 
+    def scalar(self, tag: str, step: int, value: float) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, step)
+
     def image(self, tag: str, step: int, grid: np.ndarray) -> None:
         if self.writer is not None:
             self.writer.add_image(tag, grid, step, dataformats="HWC")

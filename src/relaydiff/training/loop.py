@@ -45,7 +45,7 @@ from .cost import TrainingCost, flops_per_image
 from .data import GlobalSampleDataset, StepBatches
 from .distributed import World, close_world, init_world
 from .ema import EMA
-from .grids import sample_grid
+from .grids import sample_grid, stage_samples
 from .logging import RunLog, SigmaBands
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -179,6 +179,7 @@ class Trainer:
         den.autocast_dtype = AUTOCAST[cfg.precision]
         self.denoiser = den.to(dev).train()
         self.ema = EMA(self.denoiser, cfg.ema.halflife_images, cfg.ema.rampup_ratio)
+        self._fid_tools = None  # (reference, Inception), loaded on first use
         o = cfg.optim
         self.optimizer = torch.optim.Adam(self.denoiser.parameters(), lr=o.lr, betas=o.betas, eps=o.eps)
         self.loss_fn = make_loss(cfg)
@@ -319,13 +320,35 @@ class Trainer:
         self.world.barrier()
         return root / f"ckpt-{self.step:08d}"
 
+    def _real(self, n: int) -> torch.Tensor | None:
+        """The first ``n`` training images in [-1, 1] (what a relay stage's samples relay)."""
+        if self.config.stage.kind != "relay":
+            return None
+        return torch.stack([self.dataset[i][0] for i in range(n)]).float() / 127.5 - 1
+
+    def _fid(self, log: RunLog) -> None:
+        """Log the small-sample FID of the EMA network (``log.fid_every_images``)."""
+        from ..metrics.evaluate import periodic_fid
+        from ..metrics.reference import Reference
+        from ..metrics.weights import load_inception
+
+        cfg = self.config.log
+        if self._fid_tools is None:
+            if not cfg.fid_reference:
+                raise ValueError("log.fid_every_images needs log.fid_reference (a file from "
+                                 "`relaydiff eval ref DATASET --out REF.npz`)")
+            self._fid_tools = (Reference.load(cfg.fid_reference),
+                               load_inception(device=self.world.device))
+        n = min(cfg.fid_images, len(self.dataset))
+        images = stage_samples(self.config.stage, self.ema.module, self._real(n), n)
+        result = periodic_fid(images.split(64), *self._fid_tools)
+        log.record("fid", self.step, {result["name"]: result["fid"]})
+        log.scalar(f"metrics/{result['name']}", self.step, result["fid"])
+
     def _grid(self, log: RunLog) -> None:
         cfg = self.config
         n = min(cfg.log.grid_size, len(self.dataset))
-        real = None
-        if cfg.stage.kind == "relay":
-            real = torch.stack([self.dataset[i][0] for i in range(n)]).float() / 127.5 - 1
-        grid = sample_grid(cfg.stage, self.ema.module, real, n)
+        grid = sample_grid(cfg.stage, self.ema.module, self._real(n), n)
         save_png(grid, self.out / "samples" / f"grid-{self.step * cfg.batch:012d}.png")
         log.image("samples/ema", self.step, grid)
 
@@ -419,6 +442,9 @@ class Trainer:
                 every = cfg.log.grid_every_images
                 if log is not None and every and images // every > before // every:
                     self._grid(log)
+                every = cfg.log.fid_every_images
+                if log is not None and every and images // every > before // every:
+                    self._fid(log)
                 if stop:
                     break
             if last_saved != self.step or snapshot is None:
