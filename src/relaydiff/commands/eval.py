@@ -16,6 +16,7 @@ import torch.distributed as dist
 from ..config import write_json_atomic
 from ..metrics.collect import distributed
 from ..metrics.evaluate import METRICS, build_reference, evaluate, format_table, parse_metrics
+from . import with_options
 
 DEFAULT_METRICS = "fid,sfid,pr,kid,swd,spectrum"
 
@@ -56,10 +57,7 @@ common = [
 ]
 
 
-def _with_common(f):
-    for option in reversed(common):
-        f = option(f)
-    return f
+_with_common = with_options(common)
 
 
 @click.group("eval", cls=_EvalGroup)

@@ -15,6 +15,7 @@ from ..cascade import RelayCascade, pretrained_path
 from ..data.images import list_images, load_image, save_png, to_uint8
 from ..generate import write_samples, write_summary
 from ..ops import randn
+from . import with_options
 
 INPUT_NOISE_STREAM = 1 << 41  # offset of the seeds that draw --input-noise
 
@@ -92,10 +93,7 @@ common = [
 ]
 
 
-def _with_common(f):
-    for option in reversed(common):
-        f = option(f)
-    return f
+_with_common = with_options(common)
 
 
 @click.command()
