@@ -86,6 +86,23 @@ def test_save_and_load_roundtrip(tmp_path, cascade):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
 
 
+def test_packaged_cascade_loads_by_name(monkeypatch, tmp_path):
+    """``from_pretrained(NAME)`` finds a cascade shipped in the package; a folder of that name
+    in the working directory takes precedence, and names never resolve outside the package."""
+    from relaydiff.cascade import PRETRAINED, pretrained_path
+
+    by_name = RelayCascade.from_pretrained(PRETRAINED)
+    by_path = RelayCascade.from_pretrained(pretrained_path())
+    for a, b in zip(by_name.state_dict().values(), by_path.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    monkeypatch.chdir(tmp_path)
+    RelayCascade.toy().save_pretrained(tmp_path / PRETRAINED)
+    assert RelayCascade.from_pretrained(PRETRAINED).resolutions == [16, 64]
+    assert len(RelayCascade.from_pretrained(PRETRAINED).state_dict()) != len(by_path.state_dict())
+    with pytest.raises(ValueError, match=r"cascade\.json: file not found"):
+        RelayCascade.from_pretrained("../pretrained/" + PRETRAINED)
+
+
 def test_load_errors_name_the_file(tmp_path, cascade):
     cascade.save_pretrained(tmp_path / "c")
     stage = json.loads((tmp_path / "c" / "cascade.json").read_text())["stages"][1]

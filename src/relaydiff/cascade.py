@@ -373,8 +373,12 @@ class RelayCascade(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, device: torch.device | str = "cpu"
                         ) -> RelayCascade:
-        """Load a cascade folder written by :meth:`save_pretrained` or ``relaydiff cascade build``."""
+        """Load a cascade folder written by :meth:`save_pretrained` or ``relaydiff cascade build``,
+        or a cascade shipped in the package by name (``"fluent-emoji-3d-16to64"``)."""
         directory = Path(directory)
+        if (not directory.exists() and len(directory.parts) == 1
+                and pretrained_path(directory.name).is_dir()):
+            directory = pretrained_path(directory.name)
         meta = read_json(directory / "cascade.json")
         if not isinstance(meta, dict) or meta.get("format") != CASCADE_FORMAT:
             raise ValueError(f"{directory / 'cascade.json'}: not a relaydiff cascade description")

@@ -22,6 +22,7 @@ from .analysis.spectrum import frequency_snr, plot
 from .cascade import RelayCascade
 from .config import read_json, write_json_atomic
 from .data.datasets import open_dataset
+from .data.files import atomic_writer
 from .data.images import image_grid, save_png, to_uint8
 from .data.sources import default_dataset
 from .generate import seed_path, write_samples, write_summary
@@ -137,10 +138,9 @@ def _loss_curves(settings: DemoSettings, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
+    with atomic_writer(path) as f:
+        fig.savefig(f, format="png")
     plt.close(fig)
-    tmp.replace(path)
 
 
 def _data_tensor(folder: Path, n: int, resolution: int) -> torch.Tensor:

@@ -33,8 +33,12 @@ def label_sampling(labels, class_idx, balanced: bool) -> str:
 
 def write_samples(model: RelayCascade, seeds: Sequence[int], out: str | Path, *, batch: int = 16,
                   class_idx: int | None = None, balanced: bool = False, all_stages: bool = False,
-                  rank: int = 0, world: int = 1, progress: bool = True) -> int:
+                  rank: int = 0, world: int = 1, progress: bool = True,
+                  batch_invariant: bool = True) -> int:
     """Generate the seeds of this rank (``seeds[rank::world]``) that have no file yet.
+
+    ``batch_invariant`` is passed to :meth:`RelayCascade.forward` (CPU: exact pixels per seed,
+    whatever the batch, rank or thread count; ``False`` is about 2.5x faster).
 
     The final stage goes to ``OUT/``, lower stages (``all_stages``) to ``OUT/stage1_16/`` etc.
     Returns the number of new images. Rank 0 should call :func:`write_summary` afterwards.
@@ -49,7 +53,7 @@ def write_samples(model: RelayCascade, seeds: Sequence[int], out: str | Path, *,
     for start in range(0, len(todo), batch):
         chunk = todo[start:start + batch]
         cls = None if labels is None else [int(labels[position[s]]) for s in chunk]
-        images = model(chunk, class_idx=cls, batch_size=batch)
+        images = model(chunk, class_idx=cls, batch_size=batch, batch_invariant=batch_invariant)
         # Lower stages first, the final stage last: its file marks the seed as done.
         for k, stage_images in enumerate(images):
             if k != last and not all_stages:

@@ -81,7 +81,8 @@ class ImageDataset(torch.utils.data.Dataset):
                 sizes[name] = self._probe(name, decode=skip_bad)
             except ValueError as e:
                 if not skip_bad:
-                    raise
+                    raise ValueError(f"{e}, or skip such files with --skip-bad "
+                                     "(data.skip_bad=true in a training config)") from None
                 self.skipped.append((self.display_name(name), str(e)))
         if not sizes:
             raise ValueError(f"{self.source}: none of the {len(names)} images could be read")

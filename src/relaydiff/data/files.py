@@ -2,30 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
-def write_bytes_atomic(path: str | Path, data: bytes, *, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+@contextlib.contextmanager
+def atomic_writer(path: str | Path, *, durable: bool = True) -> Iterator[BinaryIO]:
+    """A binary file that becomes ``path`` only when the ``with`` block completes.
 
-    ``durable`` also flushes the file to disk (``fsync``) before the rename, so that it survives
-    a power loss; bulk writes of many files whose completion another file records skip it.
+    It is a temporary file in the same folder, renamed over ``path`` (``os.replace``) at the
+    end; on any exception it is removed and ``path`` is untouched. ``durable`` also flushes the
+    file to disk (``fsync``) before the rename, so that it survives a power loss; bulk writes of
+    many files whose completion another file records skip it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
@@ -34,6 +38,12 @@ def write_bytes_atomic(path: str | Path, data: bytes, *, durable: bool = True) -
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: str | Path, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_writer`)."""
+    with atomic_writer(path, durable=durable) as f:
+        f.write(data)
 
 
 def save_json(obj: Any, path: str | Path) -> None:

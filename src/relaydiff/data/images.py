@@ -61,7 +61,7 @@ def image_size(path: str | Path | BinaryIO, *, name: str | None = None) -> tuple
 
 
 def _unreadable(name: object, error: Exception) -> ValueError:
-    return ValueError(f"{name}: not a readable image ({error}); remove it or use --skip-bad")
+    return ValueError(f"{name}: not a readable image ({error}); remove or replace it")
 
 
 def parse_color(color: str | Sequence[int]) -> tuple[int, int, int]:

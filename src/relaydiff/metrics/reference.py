@@ -15,8 +15,6 @@ ADM's reference batches (``VIRTUAL_imagenet256_labeled.npz`` …) hold ``mu``, `
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..data.files import atomic_writer
 from .image_sets import ARRAY_KEY
 
 FORMAT = "relaydiff-reference-v1"
@@ -63,18 +62,8 @@ class Reference:
                 "fingerprint": self.fingerprint, "weights_sha256": self.weights_sha256,
                 "relaydiff_version": __version__}
         arrays["meta"] = np.array(json.dumps(meta))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_writer(path) as f:
+            np.savez(f, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> Reference:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from ..data.files import atomic_writer
 from .inception import InceptionV3
 
 DEFAULT_FILENAME = "default_1.pt"
@@ -169,15 +169,11 @@ def download(url: str, folder: Path | None = None) -> Path:
     dest = folder / Path(urllib.request.url2pathname(url.split("?")[0])).name
     if dest.is_file():
         return dest
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as r:
+        with atomic_writer(dest) as f, urllib.request.urlopen(url, timeout=60) as r:
             while chunk := r.read(1 << 20):
                 f.write(chunk)
-        os.replace(tmp, dest)
     except (urllib.error.URLError, OSError) as e:
-        Path(tmp).unlink(missing_ok=True)
         raise OSError(f"could not download Inception weights {url} ({e}); offline, put the file at "
                       f"{dest} or pass a local weights file") from None
     return dest

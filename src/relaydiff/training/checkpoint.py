@@ -18,7 +18,6 @@ checksum, so a truncated or altered file is reported by name. No pickle anywhere
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import random
@@ -36,6 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..config import read_json
+from ..data.files import sha256_file
 
 CHECKPOINT_FORMAT = "relaydiff.checkpoint"
 PREFIX = "ckpt-"
@@ -112,14 +112,6 @@ def optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------- writing
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
@@ -169,7 +161,7 @@ def save_snapshot(
             "format": CHECKPOINT_FORMAT,
             "version": 1,
             **state,
-            "files": {name: _sha256(tmp / name) for name in names},
+            "files": {name: sha256_file(tmp / name) for name in names},
         }
         with open(tmp / "state.json", "w") as f:
             json.dump(full_state, f, indent=1, allow_nan=True)
@@ -221,7 +213,7 @@ def load_snapshot(path: str | Path) -> Snapshot:
         file = path / name
         if not file.is_file():
             raise ValueError(f"{file}: file not found; the checkpoint is incomplete")
-        if _sha256(file) != digest:
+        if sha256_file(file) != digest:
             raise ValueError(f"{file}: checksum mismatch; the file is corrupt")
     opt = optimizer_from_files(
         _load_tensors(path / "optimizer.safetensors"), read_json(path / "optimizer.json")

@@ -361,6 +361,7 @@ class Trainer:
         bands: SigmaBands,
         seconds: float,
         images: int,
+        minutes_left: float | None,
     ) -> None:
         """Log the mean loss (overall and per σ band) since the last report, lr, grad norm, speed."""
         stats = self.world.sum(torch.cat([running[:2], bands.stats]))
@@ -375,7 +376,9 @@ class Trainer:
         }
         if log is not None:
             log.record("train", self.step, values)
-            bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_s']:.1f}")
+            left = {} if minutes_left is None else {"left": f"{max(minutes_left, 0):.1f}min"}
+            bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_s']:.1f}",
+                            **left)
 
     def _snapshot(self, since: float) -> tuple[Path, float]:
         """Add the wall-clock time since ``since`` to the cost, write a snapshot; (path, now)."""
@@ -404,8 +407,8 @@ class Trainer:
                 },
             )
         start = last_mark = window_start = time.perf_counter()
-        bar = tqdm(
-            total=cfg.total_steps * cfg.batch,
+        bar = tqdm(  # under a time budget: images seen and speed, minutes left in the postfix
+            total=cfg.total_steps * cfg.batch if max_minutes is None else None,
             initial=self.step * cfg.batch,
             unit="img",
             disable=log is None or not progress,
@@ -425,9 +428,9 @@ class Trainer:
                 bar.update(cfg.batch)
                 if self.step % cfg.log.every_steps == 0 or self.step == cfg.total_steps:
                     now = time.perf_counter()
-                    self._report(
-                        log, bar, running, bands, now - window_start, int(running[1].item()) * world.size
-                    )
+                    left = None if max_minutes is None else max_minutes - (now - start) / 60
+                    self._report(log, bar, running, bands, now - window_start,
+                                 int(running[1].item()) * world.size, left)
                     running.zero_()
                     bands.reset()
                     window_start = now
