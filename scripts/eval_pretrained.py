@@ -13,27 +13,15 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from relaydiff.cascade import RelayCascade, pretrained_path
 from relaydiff.config import write_json_atomic
 from relaydiff.data.datasets import open_dataset
-from relaydiff.data.images import save_png, to_uint8
 from relaydiff.data.sources import default_dataset
-from relaydiff.generate import seed_path, write_samples, write_summary
+from relaydiff.demo import write_round_trip
+from relaydiff.generate import write_samples, write_summary
 from relaydiff.metrics.evaluate import build_reference, evaluate
-from relaydiff.ops import downsample, upsample
 
 METRICS = ["fid", "kid", "pr", "swd", "spectrum"]
-
-
-def write_floor(data64: Path, out: Path, scale: int) -> None:
-    """``up(down(x))`` of every data image (nearest upsampling of the box average)."""
-    ds = open_dataset(data64, resolution=64)
-    for k in range(len(ds)):
-        if not seed_path(out, k).exists():
-            x = ds[k][0][None].to(torch.float64) / 127.5 - 1
-            save_png(to_uint8(upsample(downsample(x, scale), scale))[0], seed_path(out, k))
 
 
 def main() -> None:
@@ -52,7 +40,7 @@ def main() -> None:
     seeds = list(range(n))
     write_samples(cascade, seeds, args.out / "samples", batch=16, batch_invariant=args.exact)
     write_summary(cascade, seeds, args.out / "samples")
-    write_floor(data / "64", args.out / "floor", cascade.configs[-1].relay.scale)
+    write_round_trip(data / "64", args.out / "floor", n_data, cascade.configs[-1].relay.scale)
     ref = args.out / "reference_64.npz"
     if not ref.exists():
         build_reference(data / "64").save(ref)

@@ -143,10 +143,18 @@ def _loss_curves(settings: DemoSettings, path: Path) -> None:
     plt.close(fig)
 
 
-def _data_tensor(folder: Path, n: int, resolution: int) -> torch.Tensor:
+def _data_tensor(folder: Path, n: int, resolution: int | None) -> torch.Tensor:
     ds = open_dataset(folder, resolution=resolution)
     idx = np.linspace(0, len(ds) - 1, min(n, len(ds))).round().astype(int)
     return torch.stack([ds[int(i)][0] for i in idx]).to(torch.float64) / 127.5 - 1
+
+
+def write_round_trip(data: Path, out: Path, n: int, scale: int) -> None:
+    """``up(down(x))`` of ``n`` evenly spaced images of ``data`` (all of them if ``n`` ≥ its
+    size) as ``out/000000/000000.png`` …: the floor a relay stage must beat. Resumable."""
+    for k, x in enumerate(_data_tensor(data, n, None)):
+        if not seed_path(out, k).exists():
+            save_png(to_uint8(upsample(downsample(x[None], scale), scale))[0], seed_path(out, k))
 
 
 def _reference(settings: DemoSettings, data_root: Path, count: int) -> Path:
@@ -171,9 +179,7 @@ def _metrics(settings: DemoSettings, data_root: Path, n: int) -> list[dict]:
     from .metrics.evaluate import evaluate
 
     floor = settings.out / f"floor_up_down_{n}"
-    for k, x in enumerate(_data_tensor(data_root / "64", n, 64)):
-        if not seed_path(floor, k).exists():
-            save_png(to_uint8(upsample(downsample(x[None], 4), 4))[0], seed_path(floor, k))
+    write_round_trip(data_root / "64", floor, n, 4)
     count = min(REFERENCE_IMAGES, len(open_dataset(data_root / "64", resolution=64)))
     try:
         ref, metrics = _reference(settings, data_root, count), ["fid", "swd", "spectrum"]
