@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from relaydiff.cascade import StageConfig, build_denoiser
+from relaydiff.stage import StageConfig, build_denoiser
 from relaydiff.training.config import TrainConfig, load_train_config
 from relaydiff.training.loop import Trainer, make_loss
 

@@ -13,13 +13,14 @@ import argparse
 import json
 from pathlib import Path
 
-from relaydiff.cascade import RelayCascade, pretrained_path
-from relaydiff.config import write_json_atomic
+from relaydiff.app.generate import write_samples, write_summary
+from relaydiff.cascade import RelayCascade
 from relaydiff.data.datasets import open_dataset
+from relaydiff.data.floors import write_round_trip
 from relaydiff.data.sources import default_dataset
-from relaydiff.demo import write_round_trip
-from relaydiff.generate import write_samples, write_summary
+from relaydiff.io.files import finite_or_none, write_json
 from relaydiff.metrics.evaluate import build_reference, evaluate
+from relaydiff.pretrained import pretrained_path
 
 METRICS = ["fid", "kid", "pr", "swd", "spectrum"]
 
@@ -50,8 +51,8 @@ def main() -> None:
         res = evaluate(folder, ref, METRICS)
         rows.append({"images": name, "n": res["n_images"], "reference": n_data,
                      **{k: res[k] for k in ("fid", "kid", "precision", "recall", "swd", "spectrum")}})
-    write_json_atomic({"cascade": str(args.cascade or pretrained_path()), "exact": args.exact,
-                       "rows": rows}, args.out / "results.json")
+    write_json(finite_or_none({"cascade": str(args.cascade or pretrained_path()),
+                               "exact": args.exact, "rows": rows}), args.out / "results.json")
     print("| images | n | FID | KID ×1e3 | precision | recall | SWD ×1e3 | spectrum (dB) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -5,6 +5,6 @@ set -euo pipefail
 minutes="${1:-8}"
 out="${2:-runs/pretrained}"
 relaydiff demo --out "$out" --minutes "$minutes" --samples 1000
-dest="$(python -c 'from relaydiff.cascade import pretrained_path; print(pretrained_path())')"
+dest="$(python -c 'from relaydiff.pretrained import pretrained_path; print(pretrained_path())')"
 rm -rf "$dest.new" && cp -r "$out/cascade" "$dest.new" && rm -rf "$dest" && mv "$dest.new" "$dest"
 echo "copied $out/cascade to $dest; update docs/pretrained.md from $out/results.json"

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from relaydiff.data.images import load_image
 from relaydiff.data.sources import FLUENT_EMOJI_3D, npm_tarball
+from relaydiff.io.images import load_image
 
 
 def emoji_images(n: int, seed: int = 0) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from relaydiff import RelayCascade
-from relaydiff.cascade import RelaySamplerConfig, StageConfig
+from relaydiff.stage import RelaySamplerConfig, StageConfig
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_save_and_load_roundtrip(tmp_path, cascade):
 def test_packaged_cascade_loads_by_name(monkeypatch, tmp_path):
     """``from_pretrained(NAME)`` finds a cascade shipped in the package; a folder of that name
     in the working directory takes precedence, and names never resolve outside the package."""
-    from relaydiff.cascade import PRETRAINED, pretrained_path
+    from relaydiff.pretrained import PRETRAINED, pretrained_path
 
     by_name = RelayCascade.from_pretrained(PRETRAINED)
     by_path = RelayCascade.from_pretrained(pretrained_path())
@@ -131,7 +131,7 @@ def test_cascade_checks_stage_resolutions_chain():
     a = StageConfig("edm", 16, {"name": "toy"})
     b = StageConfig("relay", 64, {"name": "toy"}, relay_sampler=RelaySamplerConfig(steps=8))
     bad = StageConfig("relay", 96, {"name": "toy"})
-    from relaydiff.cascade import build_denoiser
+    from relaydiff.stage import build_denoiser
     RelayCascade([a, b], [build_denoiser(a), build_denoiser(b)])
     with pytest.raises(ValueError, match="stage 2 starts from 24px"):
         RelayCascade([a, bad], [build_denoiser(a), build_denoiser(bad)])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from relaydiff.cli import cli
+from relaydiff.app.cli import cli
 
 CONTRACT = ["train", "sample", "upscale", "eval", "data", "analyze", "demo"]
 
@@ -98,7 +98,7 @@ def test_bad_input_folders_are_one_line_and_nothing_is_lost(tmp_path, command):
 
 
 def test_sample_without_cascade_uses_the_pretrained_one(tmp_path):
-    from relaydiff.cascade import pretrained_path
+    from relaydiff.pretrained import pretrained_path
 
     assert (pretrained_path() / "cascade.json").is_file()
     r = run("sample", "--out", str(tmp_path / "p"), "--seeds", "0-1", "--relay-steps", "8",

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from relaydiff import ops
-from relaydiff.cli import main as cli_main
+from relaydiff.app.cli import main as cli_main
 from relaydiff.data import build as build_module
 from relaydiff.data.build import build_dataset, check_resolutions
 from relaydiff.data.datasets import (
@@ -201,7 +201,7 @@ def test_bad_files_raise_naming_the_file(bad_folder):
     with pytest.raises(ValueError, match=r"notes\.jpg: not a readable image"):
         ImageFolderDataset(bad_folder)
     (bad_folder / "notes.jpg").unlink()
-    with pytest.raises(ValueError, match=r"zero\.png: not a readable image.*--skip-bad"):
+    with pytest.raises(ValueError, match=r"zero\.png: not a readable image.*skip_bad"):
         ImageFolderDataset(bad_folder)
     (bad_folder / "zero.png").unlink()
     (bad_folder / "tmp.keep").rename(bad_folder / "truncated.png")
@@ -396,9 +396,9 @@ def test_build_from_zip_source(source, tmp_path):
 
 
 def test_scale_factor_must_divide(source, tmp_path, capsys):
-    with pytest.raises(ValueError, match=r"--also 12: 32/12 is not an integer"):
+    with pytest.raises(ValueError, match=r"also=12: 32/12 is not an integer"):
         check_resolutions(32, (16, 12))
-    with pytest.raises(ValueError, match="--also 64"):
+    with pytest.raises(ValueError, match="also=64"):
         check_resolutions(32, (64,))
     code, _, err = run_cli(["data", "build", str(source), "--out", str(tmp_path / "o"),
                             "--resolution", "32", "--also", "16,12"], capsys)  # fmt: skip

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-SECTIONS = ["samples", "trajectories", "loss", "metrics", "cost", "snr", "block-noise", "artifacts"]
+SECTIONS = ["samples", "trajectories", "metrics", "snr", "block-noise", "artifacts", "training"]
 
 
 class _Report(html.parser.HTMLParser):
@@ -75,8 +75,31 @@ def test_smoke_metrics_are_finite_numbers(smoke):
     for row in results["metrics"]:
         numbers = [v for k, v in row.items() if k not in ("images",)]
         assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers), row
-    for cost in results["training_cost"].values():
-        assert cost["images_seen"] > 0 and cost["flops_per_image"] > 0
+    for run in results["your_training"].values():
+        assert run["cost"]["images_seen"] > 0 and run["cost"]["flops_per_image"] > 0
+        assert run["cut_short"] is False
+
+
+def test_report_samples_are_the_packaged_cascades_pixels(smoke, tmp_path):
+    """The report's grids show the packaged cascade: the same files `relaydiff sample` writes."""
+    r = run("sample", "--seeds", "0-3", "--out", str(tmp_path / "s"))
+    assert r.returncode == 0, r.stderr
+    for seed in range(4):
+        name = f"000000/{seed:06d}.png"
+        assert (smoke / "samples" / name).read_bytes() == (tmp_path / "s" / name).read_bytes()
+    text = (smoke / "report.html").read_text()
+    assert "Samples of the packaged cascade" in text and "Your training run" in text
+    assert "training images" in text  # your run's samples are labelled with images seen
+
+
+def test_a_tiny_cap_cuts_training_short_with_a_notice(tmp_path):
+    out = tmp_path / "capped"
+    r = run("demo", "--smoke", "--out", str(out), "--minutes", "0.0001")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "NOTICE" in r.stdout and "cap" in r.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert all(run["cut_short"] for run in results["your_training"].values())
+    assert "Notice: the" in (out / "report.html").read_text()
 
 
 def test_rerun_continues_without_redoing(smoke):

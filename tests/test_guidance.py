@@ -1,4 +1,4 @@
-"""Classifier-free guidance (DESIGN §1 "Guidance"): weights, schedules, interval, one batched call,
+"""Classifier-free guidance (docs/method.md §3): weights, schedules, interval, one batched call,
 and the samplers' handling of labels."""
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from eval_helpers import emoji_images
 from safetensors.torch import save_file
 
-from relaydiff.data.images import save_png
+from relaydiff.io.images import save_png
 from relaydiff.metrics import weights as W
 from relaydiff.metrics.evaluate import evaluate
 from relaydiff.metrics.inception import Conv, InceptionV3, preprocess

@@ -13,8 +13,8 @@ import torch
 from eval_helpers import add_noise, emoji_images, gaussian_blur
 from scipy import linalg
 
-from relaydiff.cli import main
-from relaydiff.data.images import save_png
+from relaydiff.app.cli import main
+from relaydiff.io.images import save_png
 from relaydiff.metrics import fid as fid_mod
 from relaydiff.metrics import spectrum as spec
 from relaydiff.metrics import swd as swd_mod

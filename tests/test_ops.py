@@ -1,5 +1,5 @@
 """relaydiff.ops against independent references: scipy's DCT, explicit matrices, closed forms,
-and the statistics the block noise must have (DESIGN §1, the paper's Eq. 8)."""
+and the statistics the block noise must have (docs/method.md §2.3, the paper's Eq. 8)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_dct_matrix_is_scipys_orthonormal_dct(p, ref):
     m = ops.dct_matrix(p, dtype=torch.float64)
     np.testing.assert_allclose(m.numpy(), ref.dct_matrix(p), atol=1e-14)
     np.testing.assert_allclose((m @ m.T).numpy(), np.eye(p), atol=1e-14)
-    # the closed form of DESIGN §1, written out
+    # the closed form of docs/method.md §2.2, written out
     i, j = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
     c = np.where(i == 0, math.sqrt(1 / p), math.sqrt(2 / p))
     np.testing.assert_allclose(m.numpy(), c * np.cos(np.pi * (2 * j + 1) * i / (2 * p)), atol=1e-14)

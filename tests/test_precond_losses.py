@@ -86,7 +86,7 @@ def test_edm_precond_wraps_a_known_raw_network():
 
 
 def test_edm_precond_takes_float64_sampler_state():
-    """A float64 sampler state (DESIGN §4) reaches a float32 network as float32 and comes back
+    """A float64 sampler state (docs/method.md §4) reaches a float32 network as float32 and comes back
     in float64."""
     net = RecordingNet()
     x = torch.randn(2, 1, 4, 4, generator=gen(1), dtype=torch.float64)

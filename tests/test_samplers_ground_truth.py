@@ -209,6 +209,9 @@ def stage1_case(ref):
     return GaussianCase(ref, (3, 4, 4), None, seed=30)
 
 
+SAMPLER = {"paper": "trapezoidal", "official": "official"}  # relay process → sampler variant
+
+
 def relay_grid(setting, order: int = 2) -> torch.Tensor:
     sigmas = karras_sigmas(setting["grid"] * (3 - order), 0.008, 80.0, 7.0, truncate=setting["trunc"])
     assert len(sigmas) - 1 >= 50, "ground truth needs ~50+ steps below the start σ"
@@ -222,7 +225,7 @@ def run_relay(case, setting, *, eta=0.0, order=2, schedule=None, seed=0, start=N
     if start is None:
         start = case.denoiser.start(float(sigmas[0]), N, gen(seed))
     return relay_sample(case.denoiser, start, sigmas, schedule, p, eta=eta, order=order,
-                        block_alpha=ALPHA, variant=variant, generator=gen(seed + 1))
+                        block_alpha=ALPHA, variant=SAMPLER[variant], generator=gen(seed + 1))
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +269,7 @@ def test_relay_sampler_reproduces_gaussian(variant, eta, order, paper_case, offi
 
 
 def test_official_released_heun_is_biased(official_case):
-    """The released Heun corrector (DESIGN §1: ``U'' = (a_{i+1} + γ − γa_i)U + σ_i(γa_i − a_{i+1})
+    """The released Heun corrector (docs/method.md §2.6: ``U'' = (a_{i+1} + γ − γa_i)U + σ_i(γa_i − a_{i+1})
     (d + d')/2`` with ``d = (U − Û)/σ``) is only first order where the blur changes with σ: its
     error is ``O(h)`` in the corrected target times the ``O(h)`` weight ``a_{i+1} − γa_i`` per step.
     ``variant="official"`` must reproduce it (see the one-step test below), and on the released
@@ -403,7 +406,7 @@ def test_relay_sampler_reproduces_point_masses(ref, setting):
     sigmas = relay_grid(setting)
     start = denoiser.start(float(sigmas[0]), N, gen(51))
     out = relay_sample(denoiser, start, sigmas, RelaySchedule(prob_length, b_max), p, eta=0.2,
-                       block_alpha=ALPHA, variant=variant, generator=gen(52))
+                       block_alpha=ALPHA, variant=SAMPLER[variant], generator=gen(52))
     check_points(out, points, f"relay points {variant}")
 
 
@@ -451,7 +454,7 @@ def test_relay_euler_step_is_the_design_equation(variant, ref):
         noise = noise + alpha * white.T.reshape(shape)
     den = Recorder()
     out = relay_sample(den, x0, grid, sched, p, eta=eta, order=1, block_alpha=alpha,
-                       variant=variant, generator=g)
+                       variant=SAMPLER[variant], generator=g)
     blur = [torch.tensor(ref.blur_operator(1, 8, 8, p, blur_level(s, 0.93, 3.0), MIN_SCALE))
             for s in (0.8, 0.3)]
     d0 = (0.5 * x0 + 0.1).reshape(2, -1)
@@ -511,7 +514,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 def test_samplers_keep_dtype_and_device(device, dtype):
     x = torch.randn(2, 3, 8, 8, generator=gen(90)).to(device=device, dtype=dtype)
     grid = torch.tensor([0.8, 0.4, 0.1, 0.0])
-    for variant in ("paper", "official"):
+    for variant in ("trapezoidal", "official"):
         out = relay_sample(Recorder(), x, grid, RelaySchedule(0.93, 3.0), 4, eta=0.2,
                            variant=variant, generator=[gen(1), gen(2)])
         assert out.dtype == dtype and out.device.type == device and torch.isfinite(out).all()
@@ -547,3 +550,14 @@ S = RelaySchedule(0.93, 3.0)
 def test_sampler_bad_input_raises_value_error_naming_the_value(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_old_variant_name_paper_is_the_trapezoidal_corrector_and_deprecated():
+    x = torch.randn(2, 3, 8, 8, generator=gen(91), dtype=DT)
+    grid = torch.tensor([0.8, 0.4, 0.1, 0.0], dtype=DT)
+    new = relay_sample(Recorder(), x, grid, S, 4, eta=0.2, variant="trapezoidal", generator=gen(4))
+    with pytest.warns(DeprecationWarning, match="trapezoidal"):
+        old = relay_sample(Recorder(), x, grid, S, 4, eta=0.2, variant="paper", generator=gen(4))
+    assert torch.equal(new, old)
+    with pytest.raises(ValueError, match="'Paper' is unknown; use one of trapezoidal, official"):
+        relay_sample(Recorder(), x, grid, S, 4, variant="Paper")

@@ -1,4 +1,4 @@
-"""relaydiff.schedules against closed forms evaluated with scipy (DESIGN §1 "Schedule", "Sampling")."""
+"""relaydiff.schedules against closed forms evaluated with scipy (docs/method.md §2.4, §1.3)."""
 
 from __future__ import annotations
 

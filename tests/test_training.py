@@ -22,9 +22,10 @@ from PIL import Image
 from safetensors.torch import load_file
 from training_helpers import config_dict, image_folder, make_config, tiny_unet
 
-from relaydiff.cascade import RelayCascade, build_denoiser
-from relaydiff.cli import main
+from relaydiff.app.cli import main
+from relaydiff.cascade import RelayCascade
 from relaydiff.data import open_dataset
+from relaydiff.stage import build_denoiser
 from relaydiff.training.checkpoint import PAUSE_ENV, list_snapshots, resolve_snapshot
 from relaydiff.training.config import TrainConfig, apply_overrides, config_path, load_train_config
 from relaydiff.training.cost import flops_per_image
@@ -397,7 +398,7 @@ def test_keeps_last_k_snapshots_and_time_limit_stops_resumably(tmp_path, data16)
     done = train(cfg, run, resume="auto", progress=False)
     assert done.finished and done.step == 10
     assert [p.name for p in list_snapshots(run / "checkpoints")] == ["ckpt-00000008", "ckpt-00000010"]
-    with pytest.raises(ValueError, match="already holds checkpoints; continue with --resume auto"):
+    with pytest.raises(ValueError, match=r"already holds checkpoints; resume from them \(resume='auto'\)"):
         train(cfg, run, progress=False)
 
 

@@ -64,6 +64,8 @@ def config_dict(
     }
     if kind == "relay":
         stage["relay"] = {"scale": 4}
+    if kind == "sr":
+        stage["sr"] = {"scale": 4}
     cfg = {
         "stage": stage,
         "data": {"path": str(images)},

@@ -1,5 +1,5 @@
-"""``python -m relaydiff`` runs the command line."""
+"""``python -m relaydiff`` (and ``torchrun -m relaydiff``): the command line."""
 
-from .cli import main
+from .app.cli import main
 
 main()

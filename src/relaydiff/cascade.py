@@ -1,170 +1,60 @@
 """``RelayCascade``: an ordered list of stages that generates images from seeds.
 
 Stage 1 is an EDM diffusion at the lowest resolution; every later stage is a relay stage that
-starts from ``up(x_low) + σ_0·n`` (DESIGN §1) with its own scale factor, so cascades such as
-16→64 or 16→64→256 with any integer factors work. Every sample draws all of its randomness
-(class label, latents, sampler noise of every stage) from its own ``torch.Generator`` seeded
-with its seed, so an image depends on its seed only, never on the batch it was generated in.
+starts from ``up(x_low) + σ_0·n`` (docs/method.md §2.6) with its own scale factor, so cascades
+such as 16→64 or 16→64→256 with any integer factors work. Every sample draws all of its
+randomness (class label, latents, sampler noise of every stage) from its own
+``torch.Generator`` seeded with its seed, so an image depends on its seed only, never on the
+batch it was generated in (docs/method.md §4 for the exact promise on CPUs).
 
-On disk (``save_pretrained``/``from_pretrained``)::
-
-    DIR/cascade.json            {"format": "relaydiff.cascade", "version": 1, "stages": [...]}
-    DIR/<stage>/config.json     StageConfig as JSON
-    DIR/<stage>/model.safetensors   weights of the raw network (EMA weights for trained stages)
+Stage configs and their folders: :mod:`relaydiff.stage`; cascade folders and the packaged
+cascades: :mod:`relaydiff.pretrained`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import math
-import os
-import shutil
-import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import __version__
-from .config import from_dict, read_json, to_dict, write_json_atomic
-from .networks import build_network
-from .ops import check_variant, randn, relay_noise, upsample
-from .precond import EDMPrecond
+from . import stage as _stage
+from ._deprecated import moved_attribute
+from .ops import noisy_condition, randn, relay_noise, upsample
+from .pretrained import read_cascade, write_cascade
 from .samplers import classifier_free_guidance, edm_sample, relay_sample
-from .schedules import RelaySchedule, karras_sigmas
+from .schedules import karras_sigmas
 
-CASCADE_FORMAT = "relaydiff.cascade"
-PRETRAINED = "fluent-emoji-3d-16to64"
 LABEL_STREAM = 1 << 40  # offset of the seeds that draw random class labels
+EXACT_BATCH = 8  # samples per network call in exact (batch-invariant) CPU mode
+
+_MOVED = {
+    **{name: "relaydiff.stage" for name in ("StageConfig", "EDMSamplerConfig", "RelaySamplerConfig",
+                                            "GuidanceConfig", "RelayConfig", "build_denoiser")},
+    **{name: "relaydiff.pretrained" for name in ("pretrained_path", "PRETRAINED", "CASCADE_FORMAT")},
+}
 
 
-@dataclass
-class EDMSamplerConfig:
-    """Stage-1 sampler settings (EDM's Heun sampler with churn; ``sde_scale`` > 0: SDE variant)."""
-
-    steps: int = 32
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    rho: float = 7.0
-    churn: float = 0.0
-    s_min: float = 0.0
-    s_max: float = math.inf
-    s_noise: float = 1.0
-    order: int = 2
-    sde_scale: float = 0.0
+def __getattr__(name: str):
+    return moved_attribute(__name__, name, _MOVED)
 
 
-@dataclass
-class RelaySamplerConfig:
-    """Relay-stage sampler settings: a ``steps``-point Karras grid truncated below ``sigma_trunc``.
+def conditioned(denoiser: Callable, cond_image: torch.Tensor, cond_sigma: torch.Tensor) -> Callable:
+    """A super-resolution stage's denoiser with its conditioning bound, as the samplers call it:
+    ``D(x, σ, labels)``. Guidance evaluates a batch twice (conditional and unconditional
+    halves); the conditioning is repeated to match."""
 
-    ``prob_length`` is the sampling ``L`` (None: the training ``L``; the released CelebA-HQ
-    script samples with 1.05 after training with 0.89).
-    """
+    def bound(x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        reps, rest = divmod(x.shape[0], cond_image.shape[0])
+        if rest:
+            raise ValueError(f"a batch of {x.shape[0]} for {cond_image.shape[0]} conditioning images")
+        return denoiser(x, sigma, labels, cond_image=cond_image.repeat(reps, 1, 1, 1),
+                        cond_sigma=cond_sigma.repeat(reps))
 
-    steps: int = 64
-    sigma_min: float = 0.008
-    sigma_max: float = 80.0
-    rho: float = 7.0
-    sigma_trunc: float = 0.9
-    prob_length: float | None = None
-    eta: float = 0.2
-    order: int = 2
-
-
-@dataclass
-class GuidanceConfig:
-    """Classifier-free guidance (``scale`` 1 disables it)."""
-
-    scale: float = 1.0
-    schedule: str = "constant"
-    power: float = 1.0
-    interval: tuple[float, float] | None = None
-
-
-@dataclass
-class RelayConfig:
-    """The relay forward process of a stage (shared by its training and its sampler)."""
-
-    scale: int = 4
-    prob_length: float = 0.93
-    blur_sigma_max: float = 3.0
-    block_alpha: float = 0.15
-    min_scale: float = 1e-3
-    p_mean: float = -1.2
-    p_std: float = 1.2
-    variant: str = "paper"
-
-    def schedule(self, prob_length: float | None = None) -> RelaySchedule:
-        return RelaySchedule(prob_length or self.prob_length, self.blur_sigma_max,
-                             self.p_mean, self.p_std, self.min_scale)
-
-
-@dataclass
-class StageConfig:
-    """Everything that defines one stage apart from its weights."""
-
-    kind: str
-    resolution: int
-    network: dict
-    channels: int = 3
-    label_dim: int = 0
-    sigma_data: float = 0.5
-    relay: RelayConfig | None = None
-    edm_sampler: EDMSamplerConfig = field(default_factory=EDMSamplerConfig)
-    relay_sampler: RelaySamplerConfig = field(default_factory=RelaySamplerConfig)
-    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("edm", "relay"):
-            raise ValueError(f"stage kind {self.kind!r} is unknown; use 'edm' or 'relay'")
-        if self.kind == "relay":
-            if self.relay is None:
-                self.relay = RelayConfig()
-            check_variant(self.relay.variant)
-            if self.resolution % self.relay.scale:
-                raise ValueError(f"relay scale {self.relay.scale} does not divide the stage "
-                                 f"resolution {self.resolution}")
-
-    @property
-    def input_resolution(self) -> int:
-        """Resolution of the images this stage starts from (its own for stage 1)."""
-        return self.resolution // self.relay.scale if self.kind == "relay" else self.resolution
-
-    @classmethod
-    def from_dict(cls, data: dict, where: str = "stage config") -> StageConfig:
-        return from_dict(cls, data, where)
-
-    def to_dict(self) -> dict:
-        return to_dict(self)
-
-
-def build_denoiser(config: StageConfig) -> EDMPrecond:
-    """The preconditioned denoiser of a stage with freshly initialised weights."""
-    net = build_network(config.network)
-    return EDMPrecond(net, sigma_data=config.sigma_data, label_dim=config.label_dim)
-
-
-def pretrained_path(name: str = PRETRAINED) -> Path:
-    """Folder of a cascade shipped inside the package (``relaydiff/pretrained/NAME``); see
-    ``docs/pretrained.md``. ``RelayCascade.from_pretrained(pretrained_path())`` loads it."""
-    return Path(__file__).parent / "pretrained" / name
-
-
-@contextlib.contextmanager
-def _onednn_disabled(disable: bool):
-    """Temporarily switch oneDNN (mkldnn) convolutions off; restores the previous setting."""
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = before and not disable
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = before
+    return bound
 
 
 def seed_generators(seeds: Sequence[int]) -> list[torch.Generator]:
@@ -175,22 +65,26 @@ def seed_generators(seeds: Sequence[int]) -> list[torch.Generator]:
 class RelayCascade(nn.Module):
     """An ordered list of stages; stage 1 may be omitted for pure super-resolution cascades."""
 
-    def __init__(self, configs: Sequence[StageConfig], denoisers: Sequence[nn.Module]) -> None:
+    def __init__(self, configs: Sequence[_stage.StageConfig], denoisers: Sequence[nn.Module],
+                 training: Sequence[dict] | None = None) -> None:
+        """``training``: optionally, how each stage was trained (saved with the cascade)."""
         super().__init__()
         if not configs or len(configs) != len(denoisers):
             raise ValueError("a cascade needs at least one stage, with one denoiser per config")
         for k, (prev, cur) in enumerate(itertools.pairwise(configs), start=2):
-            if cur.kind != "relay":
-                raise ValueError(f"stage {k} must be a relay stage (only stage 1 can be 'edm')")
+            if cur.kind not in ("relay", "sr"):
+                raise ValueError(f"stage {k} must be a relay or super-resolution stage (only "
+                                 "stage 1 can be 'edm')")
             if cur.input_resolution != prev.resolution:
                 raise ValueError(
                     f"stage {k} starts from {cur.input_resolution}px (resolution {cur.resolution}"
-                    f" / scale {cur.relay.scale}) but stage {k - 1} makes {prev.resolution}px"
+                    f" / scale {cur.scale}) but stage {k - 1} makes {prev.resolution}px"
                 )
             if cur.channels != prev.channels:
                 raise ValueError(f"stage {k} has {cur.channels} channels, stage {k - 1} {prev.channels}")
         self.configs = list(configs)
         self.denoisers = nn.ModuleList(denoisers)
+        self.training = None if training is None else [dict(t) for t in training]
 
     # ------------------------------------------------------------------ properties
     @property
@@ -217,7 +111,8 @@ class RelayCascade(nn.Module):
         c = self.num_classes
         if c == 0:
             if class_idx is not None or balanced:
-                raise ValueError("this cascade is unconditional; drop --class/--balanced")
+                raise ValueError("class_idx/balanced given, but this cascade is unconditional "
+                                 "(no stage has class labels)")
             return None
         if class_idx is not None:
             idx = torch.as_tensor(class_idx, dtype=torch.long).reshape(-1)
@@ -234,7 +129,6 @@ class RelayCascade(nn.Module):
         gens = seed_generators([int(s) + LABEL_STREAM for s in seeds])
         return torch.stack([torch.randint(c, (), generator=g) for g in gens])
 
-    @torch.no_grad()
     def forward(
         self,
         seeds: Sequence[int],
@@ -245,13 +139,17 @@ class RelayCascade(nn.Module):
         batch_size: int = 16,
         dtype: torch.dtype = torch.float64,
         batch_invariant: bool = True,
-        progress=None,
+        progress: Callable[[int], object] | None = None,
     ) -> list[torch.Tensor]:
         """Generate one image per seed; returns every stage's images (``N×C×R_k×R_k`` in [-1, 1]).
 
-        ``batch_invariant`` (CPU): run convolutions without oneDNN, whose kernels round
-        differently for different batch sizes, so pixels are bitwise identical whatever the
-        batch size or position (about 1.4× slower). On GPUs results agree to float rounding.
+        ``batch_invariant`` (CPU): every network call sees exactly ``EXACT_BATCH`` samples and
+        runs on one thread; groups of seeds run in parallel on as many threads as torch uses.
+        Kernels then never see another batch shape or thread count, so pixels are bitwise
+        identical on a given machine and software stack whatever ``batch_size``, the position in
+        the batch, the number of ranks or threads (docs/method.md §4). ``batch_size`` applies
+        to GPUs and to ``batch_invariant=False`` (batches of that size on all threads; results
+        then agree to float rounding).
 
         With ``low_res`` (``N×C×R×R`` in [-1, 1]) the stages above resolution ``R`` relay those
         images instead of sampling stage 1 (super-resolution); the list then starts with them.
@@ -268,9 +166,12 @@ class RelayCascade(nn.Module):
         elif self.configs[0].kind != "edm":
             raise ValueError("this cascade has no stage 1; give low-resolution images to upscale")
         labels = self.labels_for(seeds, class_idx, balanced)
+        if not seeds:
+            return []
+        if batch_invariant and self.device.type == "cpu":
+            return self._generate_exact(seeds, labels, low_res, first, dtype, progress)
         outputs: list[list[torch.Tensor]] = []
-        exact = batch_invariant and self.device.type == "cpu"
-        with _onednn_disabled(exact):
+        with torch.no_grad():
             for start in range(0, len(seeds), batch_size):
                 batch = seeds[start:start + batch_size]
                 low = None if low_res is None else low_res[start:start + batch_size]
@@ -280,16 +181,46 @@ class RelayCascade(nn.Module):
                     progress(len(batch))
         return [torch.cat(parts) for parts in zip(*outputs, strict=True)]
 
+    def _generate_exact(self, seeds, labels, low_res, first, dtype, progress) -> list[torch.Tensor]:
+        """Groups of ``EXACT_BATCH`` seeds (the last padded by repeating its first seed), each run
+        single-threaded, the groups in parallel on ``torch.get_num_threads()`` threads."""
+        groups = []
+        for start in range(0, len(seeds), EXACT_BATCH):
+            take = list(range(start, min(start + EXACT_BATCH, len(seeds))))
+            pad = [take[0]] * (EXACT_BATCH - len(take))
+            groups.append((len(take), take + pad))
+
+        def run(group: tuple[int, list[int]]) -> list[torch.Tensor]:
+            n, rows = group
+            idx = None if labels is None else labels[rows]
+            low = None if low_res is None else low_res[rows]
+            with torch.no_grad():
+                outs = self._generate([seeds[i] for i in rows], idx, low, first, dtype)
+            return [o[:n] for o in outs]
+
+        threads = torch.get_num_threads()
+        outputs = []
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(max(1, min(threads, len(groups)))) as pool:
+                for (n, _), out in zip(groups, pool.map(run, groups), strict=True):
+                    outputs.append(out)
+                    if progress is not None:
+                        progress(n)
+        finally:
+            torch.set_num_threads(threads)
+        return [torch.cat(parts) for parts in zip(*outputs, strict=True)]
+
     def stage_after(self, low_res: torch.Tensor) -> int:
         """Index of the stage that relays images of ``low_res``'s size (``ValueError`` if none)."""
         r = low_res.shape[-1]
         if low_res.dim() != 4 or low_res.shape[-2] != r:
             raise ValueError(f"low-resolution images must be N×C×R×R, got {tuple(low_res.shape)}")
         for k, c in enumerate(self.configs):
-            if c.kind == "relay" and c.input_resolution == r:
+            if c.kind != "edm" and c.input_resolution == r:
                 return k
-        starts = sorted({c.input_resolution for c in self.configs if c.kind == "relay"})
-        raise ValueError(f"no stage starts from {r}px images; this cascade relays from {starts} px")
+        starts = sorted({c.input_resolution for c in self.configs if c.kind != "edm"})
+        raise ValueError(f"no stage starts from {r}px images; this cascade upscales from {starts} px")
 
     def _generate(self, seeds, idx, low, first, dtype) -> list[torch.Tensor]:
         gens = seed_generators(seeds)
@@ -304,13 +235,13 @@ class RelayCascade(nn.Module):
                   class_idx: torch.Tensor | None = None, *, dtype: torch.dtype = torch.float64,
                   callback=None) -> torch.Tensor:
         """Run stage ``k`` (0-based) for one batch: stage 1 from latents drawn from ``generators``,
-        a relay stage from ``x_low`` (its input resolution). Returns images clamped to [-1, 1].
-        ``callback(i, σ_i, x_i, denoised_i)`` sees every sampler step (e.g. for trajectories)."""
+        a relay or super-resolution stage from ``x_low`` (its input resolution). Returns images
+        clamped to [-1, 1]. ``callback(i, σ_i, x_i, denoised_i)`` sees every sampler step."""
         cfg, den = self.configs[k], self.denoisers[k]
         device = self.device
         labels = None
         if cfg.label_dim and class_idx is not None:
-            labels = torch.nn.functional.one_hot(class_idx, cfg.label_dim).to(device, torch.float32)
+            labels = _stage.one_hot(class_idx, cfg.label_dim, device)
         denoiser = den
         if cfg.guidance.scale != 1.0 and labels is not None:
             g = cfg.guidance
@@ -318,17 +249,23 @@ class RelayCascade(nn.Module):
                           else (cfg.relay_sampler.sigma_min, cfg.relay_sampler.sigma_trunc))
             denoiser = classifier_free_guidance(den, g.scale, schedule=g.schedule, power=g.power,
                                                 sigma_min=smin, sigma_max=smax, interval=g.interval)
-        if cfg.kind == "edm":
+        if cfg.kind != "edm" and (x_low is None or x_low.shape[-1] != cfg.input_resolution):
+            raise ValueError(f"stage {k + 1} ({cfg.kind}) upscales {cfg.input_resolution}px images; "
+                             "give low-resolution images of that size")
+        if cfg.kind == "sr":
+            low = x_low.to(device=device, dtype=dtype)
+            cond = noisy_condition(low, cfg.sr.scale, cfg.sr.sample_level, generators)
+            level = torch.full((low.shape[0],), cfg.sr.sample_level, device=device)
+            denoiser = conditioned(denoiser, cond, level)
+        if cfg.kind in ("edm", "sr"):
             s = cfg.edm_sampler
             shape = (len(generators), cfg.channels, cfg.resolution, cfg.resolution)
             latents = randn(shape, generators, device=device, dtype=dtype)
             x = edm_sample(denoiser, latents, karras_sigmas(s.steps, s.sigma_min, s.sigma_max, s.rho),
-                           labels=labels, churn=s.churn, s_min=s.s_min, s_max=s.s_max,
+                           labels=labels, churn=s.churn, s_min=s.s_min, s_max=s.churn_max,
                            s_noise=s.s_noise, order=s.order, sde_scale=s.sde_scale,
                            generator=generators, callback=callback)
             return x.clamp(-1, 1)
-        if x_low is None or x_low.shape[-1] != cfg.input_resolution:
-            raise ValueError(f"stage {k + 1} relays {cfg.input_resolution}px images")
         r, s = cfg.relay, cfg.relay_sampler
         sigmas = karras_sigmas(s.steps, s.sigma_min, s.sigma_max, s.rho, truncate=s.sigma_trunc)
         up = upsample(x_low.to(device=device, dtype=dtype), r.scale)
@@ -336,73 +273,21 @@ class RelayCascade(nn.Module):
                         device=device, dtype=dtype)
         x = relay_sample(denoiser, up + sigmas[0].item() * n, sigmas, r.schedule(s.prob_length),
                          r.scale, labels=labels, eta=s.eta, block_alpha=r.block_alpha, order=s.order,
-                         variant=r.variant, generator=generators, callback=callback)
+                         variant=r.sampler_variant, generator=generators, callback=callback)
         return x.clamp(-1, 1)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write the cascade atomically: a temporary sibling folder, then a rename."""
-        directory = Path(directory)
-        if directory.exists() and not directory.is_dir():
-            raise ValueError(f"{directory}: exists and is not a folder; choose another --out")
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        tmp.chmod(0o755)
-        try:
-            names = []
-            for k, (cfg, den) in enumerate(zip(self.configs, self.denoisers, strict=True), 1):
-                name = f"stage{k}_{cfg.kind}_{cfg.resolution}"
-                names.append(name)
-                write_json_atomic(cfg.to_dict(), tmp / name / "config.json")
-                state = {key: v.detach().contiguous().cpu() for key, v in den.model.state_dict().items()}
-                save_file(state, str(tmp / name / "model.safetensors"))
-            write_json_atomic({"format": CASCADE_FORMAT, "version": 1, "stages": names,
-                               "relaydiff_version": __version__}, tmp / "cascade.json")
-            old = None
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(directory, old)
-            os.replace(tmp, directory)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        """Write the cascade folder atomically (a temporary sibling folder, then a rename)."""
+        write_cascade(directory, self.configs, self.denoisers, self.training)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, device: torch.device | str = "cpu"
                         ) -> RelayCascade:
         """Load a cascade folder written by :meth:`save_pretrained` or ``relaydiff cascade build``,
         or a cascade shipped in the package by name (``"fluent-emoji-3d-16to64"``)."""
-        directory = Path(directory)
-        if (not directory.exists() and len(directory.parts) == 1
-                and pretrained_path(directory.name).is_dir()):
-            directory = pretrained_path(directory.name)
-        meta = read_json(directory / "cascade.json")
-        if not isinstance(meta, dict) or meta.get("format") != CASCADE_FORMAT:
-            raise ValueError(f"{directory / 'cascade.json'}: not a relaydiff cascade description")
-        configs, denoisers = [], []
-        for name in meta.get("stages", []):
-            cfg = StageConfig.from_dict(read_json(directory / name / "config.json"),
-                                        f"{directory / name / 'config.json'}")
-            den = build_denoiser(cfg)
-            weights = directory / name / "model.safetensors"
-            if not weights.is_file():
-                raise ValueError(f"{weights}: file not found")
-            try:
-                state = load_file(str(weights))
-            except (SafetensorError, OSError) as e:
-                raise ValueError(f"{weights}: unreadable weights ({e})") from None
-            try:
-                den.model.load_state_dict(state, strict=True)
-            except RuntimeError as e:
-                first_line = str(e).splitlines()[0]
-                raise ValueError(f"{weights}: weights do not match {name}/config.json "
-                                 f"({first_line})") from None
-            configs.append(cfg)
-            denoisers.append(den.eval())
-        return cls(configs, denoisers).to(device)
+        configs, denoisers, training = read_cascade(directory)
+        return cls(configs, denoisers, training).to(device)
 
     @classmethod
     def toy(cls, resolutions: Sequence[int] = (16, 64), *, channels: int = 3, label_dim: int = 0,
@@ -413,14 +298,14 @@ class RelayCascade(nn.Module):
         for k, res in enumerate(resolutions):
             net = {"name": "toy", "in_channels": channels, "channels": 16, "label_dim": label_dim}
             if k == 0:
-                configs.append(StageConfig("edm", res, net, channels, label_dim,
-                                           edm_sampler=EDMSamplerConfig(steps=steps)))
+                configs.append(_stage.StageConfig("edm", res, net, channels, label_dim,
+                                                  edm_sampler=_stage.EDMSamplerConfig(steps=steps)))
             else:
                 scale = res // resolutions[k - 1]
                 if scale * resolutions[k - 1] != res:
                     raise ValueError(f"resolution {res} is not an integer multiple of "
                                      f"{resolutions[k - 1]}")
-                configs.append(StageConfig("relay", res, net, channels, label_dim,
-                                           relay=RelayConfig(scale=scale),
-                                           relay_sampler=RelaySamplerConfig(steps=4 * steps)))
-        return cls(configs, [build_denoiser(c).eval() for c in configs])
+                configs.append(_stage.StageConfig(
+                    "relay", res, net, channels, label_dim, relay=_stage.RelayConfig(scale=scale),
+                    relay_sampler=_stage.RelaySamplerConfig(steps=4 * steps)))
+        return cls(configs, [_stage.build_denoiser(c).eval() for c in configs])

@@ -13,7 +13,16 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .ops import Generator, check_labels, check_variant, heat_blur, randn, relay_noise
+from .ops import (
+    Generator,
+    check_labels,
+    check_variant,
+    downsample,
+    heat_blur,
+    noisy_condition,
+    randn,
+    relay_noise,
+)
 from .precond import loss_weight
 from .schedules import RelaySchedule, edm_training_sigmas
 
@@ -57,7 +66,7 @@ class EDMLoss:
 
 @dataclass(frozen=True)
 class RelayLoss:
-    """Relay loss (DESIGN §1, "Training"): ``x_u = Blur(x, b(u)) + σ(u)·n``.
+    """Relay loss (docs/method.md §2.5): ``x_u = Blur(x, b(u)) + σ(u)·n``.
 
     ``u ~ U(u_min, 1]`` with ``σ(u_min) = sigma_floor``; weight ``min(λ(σ), weight_max)``; the
     network predicts the sharp image. ``variant="official"`` reproduces the released training
@@ -113,3 +122,55 @@ class RelayLoss:
         out = asdict(self)
         out["schedule"] = self.schedule.to_dict()
         return {"kind": "relay", **out}
+
+
+def _uniform(n: int, generator: Generator) -> torch.Tensor:
+    """``U(0, 1)`` per sample (float64), from one generator or one per sample."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.rand(n, generator=generator, dtype=torch.float64)
+    gens = list(generator)
+    if len(gens) != n:
+        raise ValueError(f"got {len(gens)} generators for a batch of {n} samples")
+    return torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in gens])
+
+
+@dataclass(frozen=True)
+class SRLoss:
+    """Loss of a conditional super-resolution stage (docs/method.md §7; SR3/CDM/Imagen style).
+
+    EDM's denoising loss at the stage's resolution, ``λ(σ)·‖D(x_σ; σ, c, σ_aug) − x‖²`` with
+    ``ln σ ~ N(P_mean, P_std²)``, conditioned on ``c = up(down(x) + σ_aug·ε', s)``: the
+    low-resolution image made from ``x`` by box downsampling, corrupted by noise of a level
+    ``σ_aug ~ U(0, aug_max)`` drawn per sample (noise-conditioning augmentation), which the
+    network also receives. Per sample the draws are ``ε`` (the image noise), then ``σ_aug``,
+    then ``ε'``.
+    """
+
+    scale: int = 4
+    aug_max: float = 1.0
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    sigma_data: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.scale < 1:
+            raise ValueError(f"scale={self.scale} must be ≥ 1")
+        if not (math.isfinite(self.aug_max) and self.aug_max >= 0):
+            raise ValueError(f"aug_max={self.aug_max} must be finite and ≥ 0")
+
+    def sample_sigma(self, n: int, *, generator: Generator = None, device=None) -> torch.Tensor:
+        return edm_training_sigmas(n, self.p_mean, self.p_std, generator=generator, device=device)
+
+    def __call__(self, denoiser, images, sigma, labels=None, *, generator: Generator = None):
+        sigma = _check_sigma(sigma, images)
+        check_labels(labels, images.shape[0])
+        view = (-1,) + (1,) * (images.dim() - 1)
+        noise = randn(images.shape, generator, device=images.device, dtype=images.dtype)
+        level = (self.aug_max * _uniform(images.shape[0], generator)).to(images.device, images.dtype)
+        cond = noisy_condition(downsample(images, self.scale), self.scale, level, generator)
+        d = denoiser(images + sigma.reshape(view) * noise, sigma, labels, cond_image=cond,
+                     cond_sigma=level)
+        return loss_weight(sigma, self.sigma_data) * _per_sample((d - images) ** 2)
+
+    def to_dict(self) -> dict:
+        return {"kind": "sr", **asdict(self)}

@@ -2,7 +2,8 @@
 
 Every function works on tensors of shape ``(..., H, W)`` (usually ``N×C×H×W``), preserves dtype
 and device, and is written as a few small matrix products without loops over patches.
-Equation references are to ``DESIGN.md`` §1 (the paper's Eq. 8 for the block noise).
+Equations: docs/method.md §2.1 (patch DCT), §2.2 (heat dissipation), §2.3 (block noise, the
+paper's Eq. 8).
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def heat_attenuation(
 def heat_blur(
     x: torch.Tensor, p: int, blur_sigma: float | torch.Tensor, min_scale: float = 1e-3
 ) -> torch.Tensor:
-    """Patch-wise heat dissipation ``Blur(x, b) = IDCT(a_b ⊙ DCT(x))`` (DESIGN §1).
+    """Patch-wise heat dissipation ``Blur(x, b) = IDCT(a_b ⊙ DCT(x))`` (docs/method.md §2.2).
 
     ``blur_sigma`` is a float or a per-sample tensor of shape ``(N,)``. ``b = 0`` is the identity;
     ``b → ∞`` keeps only each patch's mean, i.e. ``up(down(x))`` up to ``min_scale``.
@@ -185,6 +186,20 @@ def upsample(x: torch.Tensor, s: int) -> torch.Tensor:
         raise ValueError(f"scale factor s={s!r} must be a positive integer")
     *lead, h, w = x.shape
     return x.reshape(*lead, h, 1, w, 1).expand(*lead, h, s, w, s).reshape(*lead, h * s, w * s)
+
+
+def noisy_condition(x_low: torch.Tensor, s: int, level: float | torch.Tensor,
+                    generator: Generator = None) -> torch.Tensor:
+    """Noise-conditioning augmentation of a super-resolution stage (docs/method.md §7):
+    ``up(x_low + σ_aug·ε, s)`` with ``ε`` white noise at the low resolution and ``σ_aug`` a float
+    or a per-sample tensor ``(N,)``."""
+    level = torch.as_tensor(level, dtype=x_low.dtype, device=x_low.device)
+    if level.dim() == 1:
+        if level.shape[0] != x_low.shape[0]:
+            raise ValueError(f"{level.shape[0]} noise levels for {x_low.shape[0]} images")
+        level = level.reshape(-1, *([1] * (x_low.dim() - 1)))
+    eps = randn(x_low.shape, generator, device=x_low.device, dtype=x_low.dtype)
+    return upsample(x_low + level * eps, s)
 
 
 def randn(

@@ -2,7 +2,7 @@
 
 ``D(x; σ) = c_skip·x + c_out·F(c_in·x, c_noise, labels)`` with
 ``c_skip = σ_d²/(σ²+σ_d²)``, ``c_out = σ·σ_d/√(σ²+σ_d²)``, ``c_in = 1/√(σ²+σ_d²)``,
-``c_noise = ln(σ)/4`` (DESIGN §1, stage 1; the relay stage uses the same form).
+``c_noise = ln(σ)/4`` (docs/method.md §1.1; the relay stages use the same form).
 """
 
 from __future__ import annotations
@@ -29,6 +29,12 @@ def edm_coefficients(sigma: torch.Tensor, sigma_data: float = 0.5) -> Coefficien
         c_in=1 / s2.sqrt(),
         c_noise=sigma.log() / 4,
     )
+
+
+def condition_level(cond_sigma: torch.Tensor) -> torch.Tensor:
+    """What a super-resolution network sees of its conditioning noise level ``σ_aug``:
+    ``c_aug = ln(σ_aug + 0.01)/4`` (like ``c_noise``, finite at ``σ_aug = 0``; docs/method.md §7)."""
+    return (cond_sigma + 0.01).log() / 4
 
 
 def loss_weight(sigma: torch.Tensor, sigma_data: float = 0.5) -> torch.Tensor:
@@ -60,8 +66,17 @@ class EDMPrecond(nn.Module):
         self.autocast_dtype = autocast_dtype
 
     def forward(
-        self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        cond_image: torch.Tensor | None = None,
+        cond_sigma: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``D(x; σ, labels)``. A super-resolution stage also passes its conditioning image
+        ``cond_image`` (``N×C×H×W``, concatenated to the network input as it is) and the noise
+        level ``cond_sigma`` (``(N,)``) that was added to it."""
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
         if sigma.numel() == 1:
             sigma = sigma.expand(x.shape[0])
@@ -82,10 +97,19 @@ class EDMPrecond(nn.Module):
         view = (-1,) + (1,) * (x.dim() - 1)
         x32 = x.to(torch.float32)
         net_in = c.c_in.reshape(view) * x32
+        extra = {}
+        if cond_image is not None:
+            if cond_image.shape[0] != x.shape[0] or cond_image.shape[2:] != x.shape[2:]:
+                raise ValueError(f"cond_image has shape {tuple(cond_image.shape)} for x of shape "
+                                 f"{tuple(x.shape)}; give one conditioning image per sample")
+            net_in = torch.cat([net_in, cond_image.to(torch.float32)], dim=1)
+            level = torch.zeros(x.shape[0], device=x.device) if cond_sigma is None else \
+                torch.as_tensor(cond_sigma, dtype=torch.float32, device=x.device).reshape(-1)
+            extra["cond_level"] = condition_level(level.expand(x.shape[0]))
         if self.autocast_dtype is not None and x.device.type != "cpu":
             with torch.autocast(x.device.type, dtype=self.autocast_dtype):
-                f = self.model(net_in, c.c_noise, labels)
+                f = self.model(net_in, c.c_noise, labels, **extra)
         else:
-            f = self.model(net_in, c.c_noise, labels)
+            f = self.model(net_in, c.c_noise, labels, **extra)
         d = c.c_skip.reshape(view) * x32 + c.c_out.reshape(view) * f.to(torch.float32)
         return d.to(x.dtype)

@@ -3,18 +3,19 @@
 Small functions in the style of k-diffusion. A denoiser is any callable
 ``denoiser(x, sigma, labels) -> x0_hat`` with ``sigma`` of shape ``(N,)``. The sampler state
 keeps the dtype of the input (float64 or float32) on its device; noise comes from one
-generator or one generator per sample (``relaydiff.ops.randn``). Equations: DESIGN §1
-("Sampling", "Stage 1 sampler", "Guidance").
+generator or one generator per sample (``relaydiff.ops.randn``). Equations: docs/method.md
+§1.3 (stage-1 sampler), §2.6 (relay sampler) and §3 (guidance).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
 
-from .ops import Generator, check_labels, check_variant, heat_blur, randn, relay_noise
+from .ops import Generator, check_labels, heat_blur, randn, relay_noise
 from .schedules import RelaySchedule, check_sigmas
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -92,6 +93,22 @@ def edm_sample(
     return x
 
 
+RELAY_VARIANTS = ("trapezoidal", "official")
+
+
+def relay_variant(variant: str) -> str:
+    """``variant`` of :func:`relay_sample` checked; the old name ``"paper"`` (relaydiff 0.1)
+    means ``"trapezoidal"`` and is deprecated."""
+    if variant == "paper":
+        warnings.warn('relay_sample(variant="paper") is now variant="trapezoidal" (the paper\'s '
+                      "slope-average Heun step is first order; see docs/official-differences.md)",
+                      DeprecationWarning, stacklevel=3)
+        return "trapezoidal"
+    if variant not in RELAY_VARIANTS:
+        raise ValueError(f"variant={variant!r} is unknown; use one of {', '.join(RELAY_VARIANTS)}")
+    return variant
+
+
 def _relay_transfer(target: torch.Tensor, gamma: float, b_cur: float, b_next: float,
                     patch_size: int, min_scale: float) -> torch.Tensor:
     """``L(t) = IDCT((a_{i+1} − γ·a_i) ⊙ DCT(t)) = Blur_{i+1}(t) − γ·Blur_i(t)``."""
@@ -110,11 +127,11 @@ def relay_sample(
     eta: float = 0.0,
     block_alpha: float = 0.15,
     order: int = 2,
-    variant: str = "paper",
+    variant: str = "trapezoidal",
     generator: Generator = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
-    """The relay (blurring-diffusion) sampler, DESIGN §1 "Sampling".
+    """The relay (blurring-diffusion) sampler, docs/method.md §2.6.
 
     ``x_start`` is the noised state at ``sigmas[0]`` (e.g. ``up(x_low) + σ_0·n``). With
     ``U = DCT(x_i)``, ``Û = DCT(D(x_i;σ_i))``, ``a_i = a_{b(u(σ_i))}`` and
@@ -123,18 +140,20 @@ def relay_sample(
     The last step (``σ_{i+1} = 0``) returns ``D(x_i;σ_i)``.
 
     Heun (``order=2``) evaluates ``Û' = DCT(D(x_{i+1};σ_{i+1}))`` at the Euler point.
-    ``variant="paper"`` uses the trapezoidal rule on the denoised images,
-    ``U'' = γ·U + L·(Û + Û')/2``, which is second order. The slope average of the paper's
-    Algorithm (``d = (U − Û)/σ_i``, ``d' = (U' − Û')/σ_{i+1}``,
+    ``variant="trapezoidal"`` (the default) uses the trapezoidal rule on the denoised images,
+    ``U'' = γ·U + L·(Û + Û')/2``, which is second order, with the paper's block noise; the
+    corrector reuses the predictor's noise ``n``. The slope average of the paper's Algorithm
+    (``d = (U − Û)/σ_i``, ``d' = (U' − Û')/σ_{i+1}``,
     ``U'' = (a_{i+1} + γ − γ·a_i)·U + σ_i·(γ·a_i − a_{i+1})·(d + d')/2``) is only first order
     once the blur changes with σ: on Gaussian data with a detailed mean its samples are
     measurably biased (docs/official-differences.md). ``variant="official"`` keeps that
-    released formula, draws fresh noise in the corrector and uses the official relay noise;
-    the paper variant reuses the predictor's noise ``n``.
+    released formula, draws fresh noise in the corrector and uses the official relay noise.
+    ``"paper"`` is the deprecated old name of ``"trapezoidal"``.
     ``schedule`` is the sampling schedule (its ``prob_length`` is the sampling ``L``).
     """
     _check_order(order)
-    check_variant(variant)
+    variant = relay_variant(variant)
+    noise_variant = "official" if variant == "official" else "paper"
     sigmas = check_sigmas(sigmas)
     if not 0 <= eta <= 1:
         raise ValueError(f"eta={eta} (stochasticity) must lie in [0, 1]")
@@ -144,8 +163,8 @@ def relay_sample(
     m = schedule.min_scale
 
     def noise() -> torch.Tensor:
-        return relay_noise(x.shape, patch_size, block_alpha, generator=generator, variant=variant,
-                           device=x.device, dtype=x.dtype)
+        return relay_noise(x.shape, patch_size, block_alpha, generator=generator,
+                           variant=noise_variant, device=x.device, dtype=x.dtype)
 
     x = x_start
     for i in range(len(s_list) - 1):

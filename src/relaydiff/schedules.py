@@ -1,6 +1,6 @@
 """Noise and blur schedules: the relay schedule, Karras σ grids and EDM's log-normal σ.
 
-Equations are those of ``DESIGN.md`` §1 ("Schedule", "Sampling", stage 1 training).
+Equations: docs/method.md §2.4 (relay schedule), §1.3 (Karras grids), §1.2 (EDM's σ).
 """
 
 from __future__ import annotations

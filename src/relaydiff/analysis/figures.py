@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..cascade import RelayCascade, seed_generators
-from ..data.images import image_grid, to_uint8
+from ..io.images import image_grid, to_uint8
 from ..ops import block_noise, downsample, randn, relay_noise, upsample
 
 

@@ -3,7 +3,7 @@
 Every image is centre-cropped to a square and resized to the top resolution ``R``; each lower
 resolution ``r`` is the exact ``(R/r)×(R/r)`` block average of the stored top-resolution image
 (:func:`~relaydiff.data.resample.area_downsample`), so that ``up(low) = Blur(high, ∞)`` holds
-on the data a relay cascade is trained on (DESIGN §4).
+on the data a relay cascade is trained on (docs/method.md §5).
 
 Layout of the output folder ``OUT``::
 
@@ -28,28 +28,35 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ..io.files import fingerprint, read_json, write_json
+from ..io.images import parse_color, save_png
 from .datasets import INFO_FILE, LABELS_FILE, ImageDataset, open_dataset
-from .files import fingerprint, load_json, save_json
-from .images import parse_color, save_png
 from .resample import area_downsample
 
 FORMAT = "relaydiff-dataset/1"
 
 
+class ArgumentError(ValueError):
+    """A bad value of one argument: ``argument=value: reason`` (a command names its flag)."""
+
+    def __init__(self, argument: str, value, reason: str) -> None:
+        super().__init__(f"{argument}={value}: {reason}")
+        self.argument, self.value, self.reason = argument, value, reason
+
+
 def check_resolutions(resolution: int, also: Sequence[int]) -> list[int]:
     """``[resolution, *also]`` in decreasing order; each lower one must divide ``resolution``."""
     if resolution < 1:
-        raise ValueError(f"--resolution must be a positive integer, got {resolution}")
+        raise ArgumentError("resolution", resolution, "must be a positive integer")
     lower = sorted(set(also), reverse=True)
     for r in lower:
         if r < 1 or r >= resolution:
-            raise ValueError(f"--also {r}: must be a resolution below --resolution {resolution}")
+            raise ArgumentError("also", r, f"must be a resolution below {resolution}")
         if resolution % r:
             divisors = [d for d in range(resolution - 1, 0, -1) if resolution % d == 0][:4]
-            raise ValueError(
-                f"--also {r}: {resolution}/{r} is not an integer scale factor; use a resolution "
-                f"that divides {resolution} (e.g. {', '.join(map(str, divisors))})"
-            )
+            raise ArgumentError("also", r, f"{resolution}/{r} is not an integer scale factor; use "
+                                f"a resolution that divides {resolution} (e.g. "
+                                f"{', '.join(map(str, divisors))})")
     return [resolution, *lower]
 
 
@@ -91,7 +98,7 @@ def build_dataset(
     )
     info = _describe(dataset, resolutions, parse_color(background), limit)
     previous = out / INFO_FILE
-    if previous.is_file() and _same_build(load_json(previous), info):
+    if previous.is_file() and _same_build(read_json(previous), info):
         return {**info, "up_to_date": True}
 
     partial = out.parent / f".{out.name}.partial"
@@ -125,23 +132,23 @@ def build_dataset(
     )
     for r in resolutions:
         meta = {"labels": labels, "class_names": dataset.class_names}
-        save_json(meta, partial / str(r) / LABELS_FILE)
-    save_json(info, partial / INFO_FILE)
+        write_json(meta, partial / str(r) / LABELS_FILE)
+    write_json(info, partial / INFO_FILE)
     _replace_dir(partial, out)
     return info
 
 
 def _check_out(src: Path, out: Path) -> None:
     if out.is_file():
-        raise ValueError(f"--out {out}: exists and is a file; give a folder path")
+        raise ValueError(f"out={out}: exists and is a file; give a folder path")
     if out.is_dir() and any(out.iterdir()) and not (out / INFO_FILE).is_file():
         raise ValueError(
-            f"--out {out}: folder is not empty and holds no relaydiff dataset; give a new or "
+            f"out={out}: folder is not empty and holds no relaydiff dataset; give a new or "
             "empty folder"
         )
     src_abs, out_abs = src.resolve(), out.resolve()
     if src_abs == out_abs or out_abs in src_abs.parents or src_abs in out_abs.parents:
-        raise ValueError(f"--out {out}: overlaps the source {src}; write to a separate folder")
+        raise ValueError(f"out={out}: overlaps the source {src}; write to a separate folder")
 
 
 def _describe(

@@ -19,8 +19,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from .files import load_json
-from .images import IMAGE_SUFFIXES, image_size, list_images, load_image, parse_color
+from ..io.files import read_json
+from ..io.images import IMAGE_SUFFIXES, image_size, list_images, load_image, parse_color
 from .resample import square_resize
 
 LABELS_FILE = "dataset.json"
@@ -81,12 +81,15 @@ class ImageDataset(torch.utils.data.Dataset):
                 sizes[name] = self._probe(name, decode=skip_bad)
             except ValueError as e:
                 if not skip_bad:
-                    raise ValueError(f"{e}, or skip such files with --skip-bad "
-                                     "(data.skip_bad=true in a training config)") from None
+                    raise ValueError(f"{e}, or leave such files out with skip_bad "
+                                     "(data.skip_bad in a training config)") from None
                 self.skipped.append((self.display_name(name), str(e)))
         if not sizes:
             raise ValueError(f"{self.source}: none of the {len(names)} images could be read")
         self.names: list[str] = list(sizes)
+        self.native_sizes: dict[tuple[int, int], str] = {}  # (width, height) → an image of it
+        for name, size in sizes.items():
+            self.native_sizes.setdefault(size, name)
         self.resolution = self._check_resolution(resolution, sizes)
         self.labels, self.class_names = self._load_labels()
 
@@ -144,6 +147,14 @@ class ImageDataset(torch.utils.data.Dataset):
         return tensor, (self.labels[index] if self.labels is not None else -1)
 
     # -- construction helpers ------------------------------------------------------------------
+    def resized(self) -> tuple[str, tuple[int, int]] | None:
+        """An image (name, (width, height)) that is not stored at ``resolution`` and is therefore
+        resized when read, or ``None`` when every image has the data set's resolution."""
+        for size, name in self.native_sizes.items():
+            if size != (self.resolution, self.resolution):
+                return self.display_name(name), size
+        return None
+
     def _probe(self, name: str, decode: bool) -> tuple[int, int]:
         with self._open(name) as f:
             if not decode:
@@ -203,7 +214,7 @@ class ImageFolderDataset(ImageDataset):
 
     def _read_labels_file(self) -> Any | None:
         path = self.root / LABELS_FILE
-        return load_json(path) if path.is_file() else None
+        return read_json(path) if path.is_file() else None
 
 
 class ZipDataset(ImageDataset):
@@ -300,7 +311,7 @@ def open_dataset(path: str | Path, resolution: int | None = None, **kwargs: Any)
     """
     path = Path(path)
     if path.is_dir() and (path / INFO_FILE).is_file():
-        info = load_json(path / INFO_FILE)
+        info = read_json(path / INFO_FILE)
         if not isinstance(info, dict) or not isinstance(info.get("resolutions"), list):
             raise ValueError(f"{path / INFO_FILE}: no resolutions listed; rebuild the dataset")
         available = [int(r) for r in info["resolutions"]]

@@ -1,8 +1,8 @@
 """Resampling of ``H×W×C`` uint8 images: centre crop, resize, exact area downsampling.
 
 A relay cascade needs low-resolution data that is the block average of its high-resolution
-data (DESIGN §4): with ``low = area_downsample(high, s)``, nearest upsampling gives
-``up(low) = Blur(high, ∞)`` up to the rounding to integers (DESIGN §1, heat dissipation).
+data (docs/method.md §5): with ``low = area_downsample(high, s)``, nearest upsampling gives
+``up(low) = Blur(high, ∞)`` up to the rounding to integers (docs/method.md §2.2).
 """
 
 from __future__ import annotations

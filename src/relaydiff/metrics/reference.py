@@ -15,14 +15,16 @@ ADM's reference batches (``VIRTUAL_imagenet256_labeled.npz`` …) hold ``mu``, `
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .. import __version__
-from ..data.files import atomic_writer
+from ..io.files import atomic_writer, dumps_json
+from ..version import __version__
 from .image_sets import ARRAY_KEY
 
 FORMAT = "relaydiff-reference-v1"
@@ -61,7 +63,7 @@ class Reference:
         meta = {"format": FORMAT, "n_images": self.n_images, "resolution": self.resolution,
                 "fingerprint": self.fingerprint, "weights_sha256": self.weights_sha256,
                 "relaydiff_version": __version__}
-        arrays["meta"] = np.array(json.dumps(meta))
+        arrays["meta"] = np.array(dumps_json(meta, indent=None))
         with atomic_writer(path) as f:
             np.savez(f, **arrays)
 
@@ -70,8 +72,15 @@ class Reference:
         """Read a relaydiff reference file or an ADM reference batch."""
         path = Path(path)
         try:
+            return cls._read(path)
+        except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as e:
+            raise ValueError(f"{path}: not a readable .npz reference file ({e})") from None
+
+    @classmethod
+    def _read(cls, path: Path) -> Reference:
+        try:
             data = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
+        except ValueError as e:
             raise ValueError(f"{path}: not a readable .npz reference file ({e})") from None
         with data:
             keys = set(data.files)
@@ -105,4 +114,4 @@ class Reference:
             raise ValueError(f"{self.path}: reference computed with Inception weights "
                              f"{self.weights_sha256[:12]}…, but the loaded weights are "
                              f"{weights_sha256[:12]}…; recompute it with `relaydiff eval ref` or "
-                             "pass the matching --inception-weights")
+                             "pass the matching Inception weights")

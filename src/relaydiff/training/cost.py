@@ -1,4 +1,4 @@
-"""Training cost as DESIGN §4 asks: images seen, wall-clock device-hours, FLOPs per image.
+"""Training cost (docs/method.md §6): images seen, wall-clock device-hours, FLOPs per image.
 
 FLOPs per image are measured, not estimated: one training sample's forward and backward pass
 through the loss, under ``torch.utils.flop_counter.FlopCounterMode`` (which counts the

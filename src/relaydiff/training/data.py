@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..data import flip_decision
+from ..io.images import from_uint8
 
 
 class GlobalSampleDataset(torch.utils.data.Dataset):
@@ -43,7 +44,7 @@ class GlobalSampleDataset(torch.utils.data.Dataset):
         image, label = self.dataset[index]
         if self.xflip and flip_decision(self.seed, epoch, index):
             image = image.flip(-1)
-        return image.to(torch.float32) / 127.5 - 1, int(label), int(g)
+        return from_uint8(image), int(label), int(g)
 
 
 class StepBatches(torch.utils.data.Sampler):

@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..cascade import RelayCascade, StageConfig
-from ..data.images import image_grid, to_uint8
+from ..cascade import RelayCascade
+from ..io.images import image_grid, to_uint8
 from ..ops import downsample, upsample
+from ..stage import StageConfig
 
 
 def stage_samples(config: StageConfig, denoiser: torch.nn.Module, real: torch.Tensor | None,
@@ -24,8 +25,8 @@ def stage_samples(config: StageConfig, denoiser: torch.nn.Module, real: torch.Te
     if config.kind == "edm":
         return cascade(seeds, batch_size=count, dtype=torch.float32, batch_invariant=False)[-1]
     if real is None:
-        raise ValueError("a relay stage's samples need real images to relay")
-    low = downsample(real[:count].to(cascade.device), config.relay.scale)
+        raise ValueError(f"a {config.kind} stage's samples need real images to upscale")
+    low = downsample(real[:count].to(cascade.device), config.scale)
     return cascade(seeds, low_res=low, batch_size=count, dtype=torch.float32,
                    batch_invariant=False)[-1]
 
@@ -38,6 +39,6 @@ def sample_grid(
     images = stage_samples(config, denoiser, real, count)
     if config.kind == "edm":
         return image_grid(to_uint8(images))
-    low = downsample(real[:count], config.relay.scale)
-    pairs = torch.stack([upsample(low, config.relay.scale), images], dim=1).flatten(0, 1)
+    low = downsample(real[:count], config.scale)
+    pairs = torch.stack([upsample(low, config.scale), images], dim=1).flatten(0, 1)
     return image_grid(to_uint8(pairs), columns=2 * int(np.ceil(np.sqrt(count))))

@@ -18,8 +18,11 @@ is skipped; after ``max_bad_steps`` such steps training stops with an error.
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,10 +31,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..cascade import build_denoiser
+from ..config import ConfigError
 from ..data import open_dataset
-from ..data.images import save_png
-from ..losses import EDMLoss, RelayLoss
+from ..io.distributed import World, close_world, init_world
+from ..io.images import from_uint8, save_png
+from ..losses import EDMLoss, RelayLoss, SRLoss
+from ..stage import build_denoiser, one_hot
 from .checkpoint import (
     Snapshot,
     list_snapshots,
@@ -43,7 +48,6 @@ from .checkpoint import (
 from .config import TrainConfig, config_differences
 from .cost import TrainingCost, flops_per_image
 from .data import GlobalSampleDataset, StepBatches
-from .distributed import World, close_world, init_world
 from .ema import EMA
 from .grids import sample_grid, stage_samples
 from .logging import RunLog, SigmaBands
@@ -71,21 +75,17 @@ def derived_seed(*words: int) -> int:
     return (int(state[0]) << 31 | int(state[1])) & ((1 << 63) - 1)
 
 
-def make_loss(config: TrainConfig) -> EDMLoss | RelayLoss:
-    """The loss of the stage: EDM's for stage 1, the relay loss (λ clamped) for relay stages."""
-    stage = config.stage
+def make_loss(config: TrainConfig) -> EDMLoss | RelayLoss | SRLoss:
+    """The loss of the stage: EDM's for stage 1, the relay loss (λ clamped) for relay stages,
+    the conditioned EDM loss with noise-conditioning augmentation for super-resolution stages."""
+    stage, loss = config.stage, config.loss
     if stage.kind == "edm":
-        return EDMLoss(config.loss.p_mean, config.loss.p_std, stage.sigma_data)
+        return EDMLoss(loss.p_mean, loss.p_std, stage.sigma_data)
+    if stage.kind == "sr":
+        return SRLoss(stage.sr.scale, stage.sr.aug_max, loss.p_mean, loss.p_std, stage.sigma_data)
     r = stage.relay
-    return RelayLoss(
-        r.schedule(),
-        r.scale,
-        r.block_alpha,
-        config.loss.sigma_floor,
-        config.loss.weight_max,
-        stage.sigma_data,
-        r.variant,
-    )
+    return RelayLoss(r.schedule(), r.scale, r.block_alpha, loss.sigma_floor, loss.weight_max,
+                     stage.sigma_data, r.variant)
 
 
 def resolve_stage(config: TrainConfig, num_classes: int, data_name: str) -> TrainConfig:
@@ -95,10 +95,11 @@ def resolve_stage(config: TrainConfig, num_classes: int, data_name: str) -> Trai
     if not cond:
         return config
     if num_classes == 0:
-        raise ValueError(
-            f"{data_name}: class-conditional training (--cond) needs labels, but this "
-            "data set has none; add a dataset.json with labels or one sub-folder "
-            "per class, or train without --cond"
+        raise ConfigError(
+            "cond",
+            f"{data_name}: class-conditional training (cond) needs labels, but this data set "
+            "has none",
+            "add a dataset.json with labels or one sub-folder per class, or set cond=false",
         )
     if stage.label_dim not in (0, num_classes):
         raise ValueError(
@@ -110,7 +111,9 @@ def resolve_stage(config: TrainConfig, num_classes: int, data_name: str) -> Trai
 
 
 def _check_resume(config: TrainConfig, snapshot: Snapshot) -> None:
-    old = snapshot.state["config"]
+    where = str(snapshot.path / "state.json")
+    # Through the schema, so that keys added since (with their defaults) compare equal.
+    old = TrainConfig.from_dict(snapshot.state["config"], where).to_dict()
     changed = [k for k in config_differences(old, config.to_dict()) if not k.startswith(RESUMABLE_CHANGES)]
     if changed:
         raise ValueError(
@@ -129,6 +132,43 @@ class TrainResult:
     snapshot: Path
     cost: TrainingCost
     finished: bool
+    stopped_by: str | None = None  # "time" (max_minutes) or a signal name ("SIGTERM"), if stopped early
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[dict]:
+    """While active, SIGINT and SIGTERM do not kill the process but set ``flags["signal"]``
+    (the training loop then writes a checkpoint and returns); a second signal raises
+    ``KeyboardInterrupt`` at once. Only the main thread can install handlers; elsewhere the
+    flags never change."""
+    flags: dict = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flags
+        return
+
+    def handler(signum, frame) -> None:
+        if flags["signal"] is not None:
+            raise KeyboardInterrupt
+        flags["signal"] = signal.Signals(signum).name
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flags
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def wrong_resolution(path: str, example: tuple[str, tuple[int, int]], stage) -> str:
+    """Why a data set whose images are not at the stage's resolution is refused, and the
+    command that makes a copy at the right resolutions."""
+    name, (w, h) = example
+    res = stage.resolution
+    also = f" --also {stage.input_resolution}" if stage.scale else ""
+    what = {"edm": "EDM", "relay": "relay", "sr": "super-resolution"}[stage.kind]
+    return (f"{path}: {name} is {w}×{h}, but this {what} stage trains at {res}×{res}; make a copy "
+            f"at that resolution with `relaydiff data build {path} --out DIR --resolution {res}"
+            f"{also}` (then data.path=DIR), or set data.resize=true to resize while reading")
 
 
 class Trainer:
@@ -141,7 +181,8 @@ class Trainer:
         self.out = Path(out)
         d = config.data
         if not d.path:
-            raise ValueError("data.path is empty; give the training images with --set data.path=DIR")
+            raise ValueError("data.path is empty; set it to the training images (a folder, a zip "
+                             "file or a `relaydiff data build` output)")
         self.dataset = open_dataset(
             d.path,
             resolution=config.stage.resolution,
@@ -149,6 +190,9 @@ class Trainer:
             background=d.background,
             limit=d.limit,
         )
+        resized = self.dataset.resized()
+        if resized is not None and not d.resize:
+            raise ValueError(wrong_resolution(d.path, resized, config.stage))
         if self.dataset.skipped:
             reason = self.dataset.skipped[0][1]
             warnings.warn(
@@ -158,7 +202,8 @@ class Trainer:
         self.per_device, self.accum = self.config.micro_batch(self.world.size)
         if not resume and list_snapshots(self.out / "checkpoints"):
             raise ValueError(
-                f"{self.out} already holds checkpoints; continue with --resume auto or choose another --out"
+                f"{self.out} already holds checkpoints; resume from them (resume='auto') or train "
+                "into another folder"
             )
         snapshot = resolve_snapshot(resume, run_dir=self.out) if resume else None
         if snapshot is not None:
@@ -249,7 +294,7 @@ class Trainer:
             images = images.to(dev, non_blocking=True)
             onehot = None
             if self.config.stage.label_dim:
-                onehot = torch.nn.functional.one_hot(labels, cfg.stage.label_dim).to(dev, torch.float32)
+                onehot = one_hot(labels, cfg.stage.label_dim, dev)
             gens = self._generators(indices, m)
             sigma = self.loss_fn.sample_sigma(images.shape[0], generator=gens, device=dev)
             sync = m == len(micro_batches) - 1 or not isinstance(self.model, DistributedDataParallel)
@@ -299,6 +344,8 @@ class Trainer:
                 "images_seen": images,
                 "bad_steps": self.bad_steps,
                 "cost": cost.to_dict(),
+                "device": self.world.device.type,
+                "devices": self.world.size,
                 "rng": rng_state(),
                 "data_order": {
                     "seed": self.config.seed,
@@ -322,9 +369,9 @@ class Trainer:
 
     def _real(self, n: int) -> torch.Tensor | None:
         """The first ``n`` training images in [-1, 1] (what a relay stage's samples relay)."""
-        if self.config.stage.kind != "relay":
+        if self.config.stage.kind == "edm":
             return None
-        return torch.stack([self.dataset[i][0] for i in range(n)]).float() / 127.5 - 1
+        return from_uint8(torch.stack([self.dataset[i][0] for i in range(n)]))
 
     def _fid(self, log: RunLog) -> None:
         """Log the small-sample FID of the EMA network (``log.fid_every_images``)."""
@@ -407,54 +454,65 @@ class Trainer:
                 },
             )
         start = last_mark = window_start = time.perf_counter()
-        bar = tqdm(  # under a time budget: images seen and speed, minutes left in the postfix
-            total=cfg.total_steps * cfg.batch if max_minutes is None else None,
+        stage = cfg.stage
+        bar = tqdm(  # images seen of the total; speed, loss and minutes left in the postfix
+            total=cfg.total_steps * cfg.batch,
             initial=self.step * cfg.batch,
             unit="img",
+            desc=f"train {stage.kind} {stage.resolution}px",
             disable=log is None or not progress,
             dynamic_ncols=True,
         )
         running, bands = torch.zeros(3, dtype=torch.float64), SigmaBands()
         last_saved, snapshot = self.step, self.resumed_from
         loader_iter = iter(self._loader())
+        stopped_by = None
         try:
-            while self.step < cfg.total_steps:
-                micro = [next(loader_iter) for _ in range(self.accum)]
-                before = self.step * cfg.batch
-                totals, step_bands = self.train_step(micro)
-                images = self.step * cfg.batch
-                running += totals
-                bands.stats += step_bands.stats
-                bar.update(cfg.batch)
-                if self.step % cfg.log.every_steps == 0 or self.step == cfg.total_steps:
-                    now = time.perf_counter()
-                    left = None if max_minutes is None else max_minutes - (now - start) / 60
-                    self._report(log, bar, running, bands, now - window_start,
-                                 int(running[1].item()) * world.size, left)
-                    running.zero_()
-                    bands.reset()
-                    window_start = now
-                over_time = torch.zeros(1)
-                if max_minutes is not None and world.is_main:
-                    over_time[0] = float(time.perf_counter() - start > 60 * max_minutes)
-                stop = world.sum(over_time).item() > 0
-                every = cfg.checkpoint.every_images
-                if images // every > before // every or stop:
+            with stop_requests() as requests:
+                while self.step < cfg.total_steps:
+                    micro = [next(loader_iter) for _ in range(self.accum)]
+                    before = self.step * cfg.batch
+                    totals, step_bands = self.train_step(micro)
+                    images = self.step * cfg.batch
+                    running += totals
+                    bands.stats += step_bands.stats
+                    bar.update(cfg.batch)
+                    if self.step % cfg.log.every_steps == 0 or self.step == cfg.total_steps:
+                        now = time.perf_counter()
+                        left = None if max_minutes is None else max_minutes - (now - start) / 60
+                        self._report(log, bar, running, bands, now - window_start,
+                                     int(running[1].item()) * world.size, left)
+                        running.zero_()
+                        bands.reset()
+                        window_start = now
+                    # Stop requests are agreed on by all processes: all stop after the same step.
+                    flags = torch.zeros(2)
+                    if max_minutes is not None and world.is_main:
+                        flags[0] = float(time.perf_counter() - start > 60 * max_minutes)
+                    flags[1] = float(requests["signal"] is not None)
+                    flags = world.sum(flags)
+                    if flags[1] > 0:
+                        stopped_by = requests["signal"] or "signal"
+                    elif flags[0] > 0:
+                        stopped_by = "time"
+                    every = cfg.checkpoint.every_images
+                    if images // every > before // every or stopped_by:
+                        snapshot, last_mark = self._snapshot(last_mark)
+                        last_saved = self.step
+                    if stopped_by:
+                        break
+                    every = cfg.log.grid_every_images
+                    if log is not None and every and images // every > before // every:
+                        self._grid(log)
+                    every = cfg.log.fid_every_images
+                    if log is not None and every and images // every > before // every:
+                        self._fid(log)
+                if last_saved != self.step or snapshot is None:
                     snapshot, last_mark = self._snapshot(last_mark)
-                    last_saved = self.step
-                every = cfg.log.grid_every_images
-                if log is not None and every and images // every > before // every:
-                    self._grid(log)
-                every = cfg.log.fid_every_images
-                if log is not None and every and images // every > before // every:
-                    self._fid(log)
-                if stop:
-                    break
-            if last_saved != self.step or snapshot is None:
-                snapshot, last_mark = self._snapshot(last_mark)
             finished = self.step >= cfg.total_steps
             if log is not None:
-                log.record("end", self.step, {"finished": finished, **self.cost.to_dict()})
+                log.record("end", self.step, {"finished": finished, "stopped_by": stopped_by,
+                                              **self.cost.to_dict()})
         except (ValueError, RuntimeError) as e:
             if str(e).startswith("Caught "):  # re-raised from a DataLoader worker
                 raise type(e)(_worker_message(e)) from None
@@ -463,7 +521,8 @@ class Trainer:
             bar.close()
             if log is not None:
                 log.close()
-        return TrainResult(self.step, self.step * cfg.batch, snapshot, self.cost, finished)
+        return TrainResult(self.step, self.step * cfg.batch, snapshot, self.cost, finished,
+                           stopped_by)
 
 
 def _worker_message(error: Exception) -> str:

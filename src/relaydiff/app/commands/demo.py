@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..demo import DemoSettings, run_demo
+from . import check_out
 
 
 @click.command()
@@ -29,6 +29,11 @@ def demo(out: Path, minutes: float, samples: int, smoke: bool, cache: Path | Non
     if not minutes > 0:
         raise click.BadParameter(f"{minutes:g}: give a positive number of minutes",
                                  param_hint="--minutes")
+    check_out(out)
+    if cache is not None:
+        check_out(cache, "--cache")
+    from ..demo import DemoSettings, run_demo
+
     report = run_demo(DemoSettings(out=out, minutes=minutes, smoke=smoke, cache_dir=cache,
                                    samples=samples))
     click.echo(f"open {report}")

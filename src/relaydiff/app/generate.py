@@ -1,0 +1,93 @@
+"""Writing a cascade's samples to a sample folder: one PNG per seed, resumable, shardable.
+
+The folder layout and its ``labels.json`` manifest are :mod:`relaydiff.io.sample_folder`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..cascade import RelayCascade
+from ..io.images import image_grid, load_image, save_png, to_uint8
+from ..io.sample_folder import label_sampling, seed_path, stage_folder, write_manifest
+
+GRID_SIZE = 64
+
+
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk every complete PNG ends with
+
+
+def _done(path: Path) -> bool:
+    """Whether ``path`` holds a complete PNG; a damaged one (empty, truncated) is removed, named
+    in a warning, and generated again."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(size - len(PNG_END), 0))
+            complete = size > len(PNG_END) and f.read() == PNG_END
+    except FileNotFoundError:
+        return False
+    if not complete:
+        warnings.warn(f"{path}: damaged sample ({size} bytes, not a complete PNG); generating it "
+                      "again", stacklevel=3)
+        path.unlink()
+    return complete
+
+
+def write_samples(model: RelayCascade, seeds: Sequence[int], out: str | Path, *, batch: int = 16,
+                  class_idx: int | None = None, balanced: bool = False, all_stages: bool = False,
+                  rank: int = 0, world: int = 1, progress: bool = True,
+                  batch_invariant: bool = True) -> int:
+    """Generate the seeds of this rank (``seeds[rank::world]``) that have no complete file yet.
+
+    ``batch_invariant`` is passed to :meth:`RelayCascade.forward` (CPU: exact pixels per seed,
+    whatever the batch, rank or thread count). Files that exist but do not decode (a killed
+    writer, a full disk) are named in a warning and generated again.
+
+    The final stage goes to ``OUT/``, lower stages (``all_stages``) to ``OUT/stage1_16/`` etc.
+    Returns the number of new images. Rank 0 should call :func:`write_summary` afterwards.
+    """
+    out = Path(out)
+    labels = model.labels_for(seeds, class_idx, balanced=balanced)
+    position = {int(s): i for i, s in enumerate(seeds)}
+    todo = [s for s in seeds[rank::world] if not _done(seed_path(out, s))]
+    desc = "sampling" if world == 1 else f"sampling (rank {rank})"
+    bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not (progress and todo))
+    last = len(model.configs) - 1
+    chunk_size = max(batch, 64)  # files are written after each chunk (resumable)
+    for start in range(0, len(todo), chunk_size):
+        chunk = todo[start:start + chunk_size]
+        cls = None if labels is None else [int(labels[position[s]]) for s in chunk]
+        images = model(chunk, class_idx=cls, batch_size=batch, batch_invariant=batch_invariant,
+                       progress=bar.update)
+        # Lower stages first, the final stage last: its file marks the seed as done.
+        for k, stage_images in enumerate(images):
+            if k != last and not all_stages:
+                continue
+            target = out if k == last else stage_folder(out, k, model.resolutions[k])
+            for seed, arr in zip(chunk, to_uint8(stage_images), strict=True):
+                save_png(arr, seed_path(target, seed))
+    bar.close()
+    return len(todo)
+
+
+def write_summary(model: RelayCascade, seeds: Sequence[int], out: str | Path, *,
+                  class_idx: int | None = None, balanced: bool = False) -> None:
+    """``grid.png`` of the first 64 seeds (in every stage folder present) and the
+    ``labels.json`` manifest (the seeds, and each seed's class)."""
+    out = Path(out)
+    folders = [out] + [stage_folder(out, k, r) for k, r in enumerate(model.resolutions[:-1])]
+    for folder in folders:
+        tiles = [load_image(seed_path(folder, s)) for s in seeds[:GRID_SIZE]
+                 if seed_path(folder, s).exists()]
+        if tiles:
+            save_png(image_grid(tiles), folder / "grid.png")
+    labels = model.labels_for(seeds, class_idx, balanced=balanced)
+    write_manifest(out, seeds, sampling=label_sampling(labels, class_idx, balanced),
+                   num_classes=model.num_classes, resolutions=model.resolutions,
+                   labels=None if labels is None else labels.tolist())

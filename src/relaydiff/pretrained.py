@@ -1,0 +1,94 @@
+"""Cascade folders (``save_pretrained``/``from_pretrained``) and the cascades shipped in the package.
+
+On disk::
+
+    DIR/cascade.json            {"format": "relaydiff.cascade", "version": 1, "stages": [...]}
+    DIR/<stage>/config.json     a stage folder (relaydiff.stage) per stage, lowest first
+    DIR/<stage>/model.safetensors
+
+A folder is written atomically (a temporary sibling, then a rename), so an interrupted write
+never leaves a half-written cascade or damages the one it replaces. The packaged cascades live
+in ``relaydiff/pretrained/<name>`` and load by name; see docs/pretrained.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from torch import nn
+
+from .io.files import atomic_folder, read_json, write_json
+from .stage import StageConfig, load_stage, save_stage
+from .version import __version__
+
+CASCADE_FORMAT = "relaydiff.cascade"
+CASCADE_FILE = "cascade.json"
+PRETRAINED = "fluent-emoji-3d-16to64"
+
+
+def pretrained_path(name: str = PRETRAINED) -> Path:
+    """Folder of a cascade shipped inside the package (``relaydiff/pretrained/NAME``)."""
+    return Path(__file__).parent / "pretrained" / name
+
+
+def packaged_names() -> list[str]:
+    """Names of the cascades shipped in the package."""
+    root = Path(__file__).parent / "pretrained"
+    return sorted(p.name for p in root.iterdir() if (p / CASCADE_FILE).is_file())
+
+
+def resolve(directory: str | Path) -> Path:
+    """A cascade folder: ``directory`` itself, or, for a bare name that is not a folder here,
+    the packaged cascade of that name (names never resolve outside the package)."""
+    directory = Path(directory)
+    if (not directory.exists() and len(directory.parts) == 1
+            and (pretrained_path(directory.name) / CASCADE_FILE).is_file()):
+        return pretrained_path(directory.name)
+    return directory
+
+
+def stage_name(k: int, config: StageConfig) -> str:
+    """Folder name of (1-based) stage ``k``: ``stage2_relay_64``."""
+    return f"stage{k}_{config.kind}_{config.resolution}"
+
+
+def write_cascade(directory: str | Path, configs: Sequence[StageConfig],
+                  denoisers: Sequence[nn.Module], training: Sequence[dict] | None = None) -> None:
+    """Write a cascade folder atomically; ``training`` is the optional record of how each stage
+    was trained (images seen, device-hours, FLOPs per image, device), kept in ``cascade.json``."""
+    with atomic_folder(directory) as tmp:
+        names = []
+        for k, (cfg, den) in enumerate(zip(configs, denoisers, strict=True), 1):
+            names.append(stage_name(k, cfg))
+            save_stage(tmp / names[-1], cfg, den)
+        meta = {"format": CASCADE_FORMAT, "version": 1, "stages": names,
+                "relaydiff_version": __version__}
+        if training is not None:
+            meta["training"] = [dict(t, stage=n) for t, n in zip(training, names, strict=True)]
+        write_json(meta, tmp / CASCADE_FILE, durable=False)
+
+
+def _meta(directory: Path) -> dict:
+    meta = read_json(directory / CASCADE_FILE)
+    if not isinstance(meta, dict) or meta.get("format") != CASCADE_FORMAT:
+        raise ValueError(f"{directory / CASCADE_FILE}: not a relaydiff cascade description")
+    return meta
+
+
+def read_cascade(directory: str | Path) -> tuple[list[StageConfig], list[nn.Module], list | None]:
+    """The stage configs, denoisers and training record (``None`` if absent) of a cascade
+    folder (or packaged name), lowest stage first."""
+    directory = resolve(directory)
+    meta = _meta(directory)
+    configs, denoisers = [], []
+    for name in meta.get("stages", []):
+        cfg, den = load_stage(directory / name)
+        configs.append(cfg)
+        denoisers.append(den)
+    return configs, denoisers, meta.get("training")
+
+
+def read_training_record(directory: str | Path) -> list | None:
+    """How the stages of a cascade folder (or packaged name) were trained, if it says."""
+    return _meta(resolve(directory)).get("training")

@@ -1,0 +1,239 @@
+"""One stage of a cascade: its configuration schema, its denoiser, and its folder on disk.
+
+A stage is everything but the weights (:class:`StageConfig`: kind, resolution, network, relay
+process, sampler and guidance settings) plus a preconditioned denoiser built from it
+(:func:`build_denoiser`). Training writes the config into every checkpoint; a cascade folder
+holds one stage folder per stage::
+
+    STAGE/config.json          StageConfig as strict JSON
+    STAGE/model.safetensors    weights of the raw network (EMA weights for trained stages)
+
+Equations: docs/method.md §1 (stage 1) and §2 (relay stages).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import from_dict, to_dict
+from .io.files import read_json, write_json
+from .io.tensors import load_tensors, save_tensors
+from .networks import build_network
+from .ops import check_variant
+from .precond import EDMPrecond
+from .schedules import RelaySchedule
+
+STAGE_KINDS = ("edm", "relay", "sr")
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class EDMSamplerConfig:
+    """Stage-1 sampler settings (EDM's Heun sampler with churn; ``sde_scale`` > 0: SDE variant).
+
+    ``s_max`` ``None`` means no upper limit of the churn range (EDM's ``S_max = ∞``).
+    """
+
+    steps: int = 32
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    churn: float = 0.0
+    s_min: float = 0.0
+    s_max: float | None = None
+    s_noise: float = 1.0
+    order: int = 2
+    sde_scale: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.s_max is not None and math.isinf(self.s_max) and self.s_max > 0:
+            self.s_max = None  # files written before strict JSON say Infinity
+
+    @property
+    def churn_max(self) -> float:
+        return math.inf if self.s_max is None else self.s_max
+
+
+@dataclass
+class RelaySamplerConfig:
+    """Relay-stage sampler settings: a ``steps``-point Karras grid truncated below ``sigma_trunc``.
+
+    ``prob_length`` is the sampling ``L`` (None: the training ``L``; the released CelebA-HQ
+    script samples with 1.05 after training with 0.89).
+    """
+
+    steps: int = 64
+    sigma_min: float = 0.008
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    sigma_trunc: float = 0.9
+    prob_length: float | None = None
+    eta: float = 0.2
+    order: int = 2
+
+
+@dataclass
+class GuidanceConfig:
+    """Classifier-free guidance (``scale`` 1 disables it)."""
+
+    scale: float = 1.0
+    schedule: str = "constant"
+    power: float = 1.0
+    interval: tuple[float, float] | None = None
+
+
+@dataclass
+class RelayConfig:
+    """The relay forward process of a stage (shared by its training and its sampler).
+
+    ``variant``: ``"paper"`` (the paper's block noise and training bounds) or ``"official"``
+    (the released code's numerics, docs/official-differences.md).
+    """
+
+    scale: int = 4
+    prob_length: float = 0.93
+    blur_sigma_max: float = 3.0
+    block_alpha: float = 0.15
+    min_scale: float = 1e-3
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    variant: str = "paper"
+
+    def schedule(self, prob_length: float | None = None) -> RelaySchedule:
+        return RelaySchedule(prob_length or self.prob_length, self.blur_sigma_max,
+                             self.p_mean, self.p_std, self.min_scale)
+
+    @property
+    def sampler_variant(self) -> str:
+        """The :func:`relaydiff.samplers.relay_sample` variant for this process."""
+        return "official" if self.variant == "official" else "trapezoidal"
+
+
+@dataclass
+class SRConfig:
+    """A conditional super-resolution stage (docs/method.md §7): the baseline relay diffusion
+    is compared with (SR3 / CDM / Imagen style).
+
+    Trained with noise-conditioning augmentation ``σ_aug ~ U(0, aug_max)`` on the
+    low-resolution input; sampled from pure noise with the stage's EDM sampler, conditioned on
+    the low-resolution image corrupted at the fixed level ``sample_level``.
+    """
+
+    scale: int = 4
+    aug_max: float = 1.0
+    sample_level: float = 0.1
+
+
+@dataclass
+class StageConfig:
+    """Everything that defines one stage apart from its weights."""
+
+    kind: str
+    resolution: int
+    network: dict
+    channels: int = 3
+    label_dim: int = 0
+    sigma_data: float = 0.5
+    relay: RelayConfig | None = None
+    sr: SRConfig | None = None
+    edm_sampler: EDMSamplerConfig = field(default_factory=EDMSamplerConfig)
+    relay_sampler: RelaySamplerConfig = field(default_factory=RelaySamplerConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+
+    def __post_init__(self) -> None:
+        if self.kind not in STAGE_KINDS:
+            raise ValueError(f"stage kind {self.kind!r} is unknown; use one of "
+                             f"{', '.join(map(repr, STAGE_KINDS))}")
+        if self.kind == "relay":
+            if self.relay is None:
+                self.relay = RelayConfig()
+            check_variant(self.relay.variant)
+        if self.kind == "sr":
+            if self.sr is None:
+                self.sr = SRConfig()
+            if not 0 <= self.sr.sample_level <= self.sr.aug_max:
+                raise ValueError(f"sr.sample_level {self.sr.sample_level} must lie in [0, "
+                                 f"sr.aug_max = {self.sr.aug_max}], the levels it was trained on")
+        if self.scale is not None and (self.scale < 1 or self.resolution % self.scale):
+            raise ValueError(f"{self.kind} scale {self.scale} does not divide the stage "
+                             f"resolution {self.resolution}")
+
+    @property
+    def scale(self) -> int | None:
+        """The factor from the input resolution to this stage's (``None`` for stage 1)."""
+        return {"relay": self.relay, "sr": self.sr}[self.kind].scale if self.kind != "edm" else None
+
+    @property
+    def input_resolution(self) -> int:
+        """Resolution of the images this stage starts from (its own for stage 1)."""
+        return self.resolution if self.scale is None else self.resolution // self.scale
+
+    def network_config(self) -> dict:
+        """The network config with what the stage kind implies: a super-resolution network
+        takes the conditioning image as ``channels`` more input channels and the noise level."""
+        if self.kind != "sr":
+            return self.network
+        implied = {"in_channels": 2 * self.channels, "out_channels": self.channels,
+                   "cond_level": True}
+        for key, value in implied.items():
+            if key in self.network and self.network[key] != value:
+                raise ValueError(f"network.{key} is {self.network[key]!r}, but a super-resolution "
+                                 f"stage's network needs {value!r}; leave network.{key} out")
+        return {**self.network, **implied}
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "stage config") -> StageConfig:
+        return from_dict(cls, data, where)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+def build_denoiser(config: StageConfig) -> EDMPrecond:
+    """The preconditioned denoiser of a stage with freshly initialised weights."""
+    net = build_network(config.network_config())
+    return EDMPrecond(net, sigma_data=config.sigma_data, label_dim=config.label_dim)
+
+
+def load_weights(denoiser: EDMPrecond, weights: Path, where: str) -> None:
+    """Load ``weights`` (safetensors of the raw network) into ``denoiser`` strictly; a missing,
+    unreadable or mismatched file raises ``ValueError`` naming it and ``where``."""
+    state = load_tensors(weights)
+    try:
+        denoiser.model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first_line = str(e).splitlines()[0]
+        raise ValueError(f"{weights}: weights do not match {where} ({first_line})") from None
+
+
+def save_stage(folder: str | Path, config: StageConfig, denoiser: EDMPrecond) -> None:
+    """Write ``config.json`` and ``model.safetensors`` into ``folder`` (a folder being built,
+    e.g. inside :func:`relaydiff.io.files.atomic_folder`)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(config.to_dict(), folder / CONFIG_FILE, durable=False)
+    save_tensors(denoiser.model.state_dict(), folder / WEIGHTS_FILE)
+
+
+def load_stage(folder: str | Path) -> tuple[StageConfig, EDMPrecond]:
+    """Read a stage folder; returns its config and its denoiser (eval mode, on the CPU)."""
+    folder = Path(folder)
+    where = folder / CONFIG_FILE
+    config = StageConfig.from_dict(read_json(where), str(where))
+    denoiser = build_denoiser(config)
+    load_weights(denoiser, folder / WEIGHTS_FILE, f"{folder.name}/{CONFIG_FILE}")
+    return config, denoiser.eval()
+
+
+def is_stage_folder(path: str | Path) -> bool:
+    return (Path(path) / CONFIG_FILE).is_file() and (Path(path) / WEIGHTS_FILE).is_file()
+
+
+def one_hot(class_idx: torch.Tensor, label_dim: int, device: torch.device) -> torch.Tensor:
+    """EDM's one-hot label rows for class indices."""
+    return torch.nn.functional.one_hot(class_idx, label_dim).to(device, torch.float32)
