@@ -33,6 +33,7 @@ def noise_figure(images: torch.Tensor, s: int, sigma: float = 0.3, alpha: float 
     return image_grid(to_uint8(torch.stack(tiles)), columns=2 * len(panels))
 
 
+@torch.no_grad()
 def relay_trajectory(cascade: RelayCascade, seeds: Sequence[int], stage: int = 1,
                      frames: int = 4, low_res: torch.Tensor | None = None) -> np.ndarray:
     """One row per seed: the low-resolution input (nearest-upsampled), the relay start

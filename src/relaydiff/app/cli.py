@@ -20,6 +20,7 @@ from .commands.data import data
 from .commands.demo import demo
 from .commands.eval import eval_group
 from .commands.sample import sample, upscale
+from .commands.study import study
 from .commands.train import cascade, train
 
 
@@ -37,6 +38,7 @@ cli.add_command(train)
 cli.add_command(cascade)
 cli.add_command(analyze)
 cli.add_command(demo)
+cli.add_command(study)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

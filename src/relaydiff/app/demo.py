@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from ..analysis.artifacts import artifact_correction
 from ..analysis.figures import noise_figure, relay_trajectory
 from ..analysis.report import Figure, Section, write_report
 from ..analysis.spectrum import frequency_snr, plot
@@ -37,7 +38,7 @@ from ..data.sources import default_dataset
 from ..io.files import atomic_writer, finite_or_none, write_json
 from ..io.images import image_grid, load_image, save_png, to_uint8
 from ..io.sample_folder import seed_path
-from ..ops import downsample, patch_dct, randn, upsample
+from ..ops import downsample, upsample
 from ..pretrained import PRETRAINED, read_training_record
 from ..training.checkpoint import newest_state
 from ..training.config import config_path, load_train_config
@@ -181,7 +182,6 @@ def _metrics(settings: DemoSettings, samples: Path, data_root: Path, n: int,
     """FID, KID, precision/recall, SWD and spectrum distance of the packaged cascade's samples
     and of the 16→64 round trip of the data, both against the same data images."""
     from ..metrics.evaluate import evaluate
-    from ..metrics.weights import InceptionWeightsMissingError
 
     floor = settings.out / f"floor_up_down_{n}"
     write_round_trip(data_root / "64", floor, n, 4)
@@ -192,11 +192,7 @@ def _metrics(settings: DemoSettings, samples: Path, data_root: Path, n: int,
     rows = []
     for label, folder in (("packaged cascade, 16→64 samples", samples),
                           ("data up(down(x)), the 16→64 round trip", floor)):
-        try:
-            res = evaluate(folder, ref, metrics, weights=settings.inception, progress=False)
-        except InceptionWeightsMissingError as e:
-            raise InceptionWeightsMissingError(f"{e}, or pass it with --inception-weights FILE") \
-                from None
+        res = evaluate(folder, ref, metrics, weights=settings.inception, progress=False)
         rows.append({"images": label, "n": res["n_images"], "reference images": count,
                      "FID": res["fid"], "KID ×1e3": 1e3 * res.get("kid", math.nan),
                      "precision": res.get("precision", math.nan),
@@ -245,40 +241,14 @@ def explain_metrics(rows: list[dict]) -> str:
 
 def _artifact_correction(cascade: RelayCascade, data_root: Path,
                          figures: Path) -> tuple[Figure, list[dict]]:
-    """Paper appendix C.3: 16 px inputs with Gaussian noise 0.1, relayed vs naively upsampled.
-
-    Measured at the input resolution: how much of the input noise each method passes on,
-    ``E[(down(f(noisy)) − down(f(clean)))²]`` (same seeds for the relay), in total and in the
-    upper half of the 16 px frequencies (DCT radius ≥ 8), against the input noise itself."""
+    """Appendix C.3 with 8 data images at 16 px: relay (the packaged cascade) against nearest and
+    bicubic upsampling (relaydiff.analysis.artifacts)."""
     low = _data_tensor(data_root / "16", 8, 16)
-    gens = [torch.Generator().manual_seed(1000 + k) for k in range(low.shape[0])]
-    noise = 0.1 * randn(low.shape, gens, dtype=low.dtype)
-    noisy = (low + noise).clamp(-1, 1)
     seeds = list(range(low.shape[0]))
-
-    def relay(x):
-        return cascade(seeds, low_res=x.float())[-1].to(x.dtype)
-
-    def bicubic(x):
-        return torch.nn.functional.interpolate(x, scale_factor=4, mode="bicubic",
-                                               align_corners=False).clamp(-1, 1)
-
-    def energies(d16: torch.Tensor) -> tuple[float, float]:
-        coef = patch_dct(d16, d16.shape[-1])
-        i = torch.arange(d16.shape[-1], dtype=torch.float64)
-        high = (i[:, None] ** 2 + i[None, :] ** 2).sqrt() >= d16.shape[-1] / 2
-        return 1e4 * float((coef**2).mean()), 1e4 * float((coef[..., high] ** 2).sum() / coef.numel())
-
-    rows = [dict(zip(("method", "noise energy ×1e4", "high-frequency part ×1e4"),
-                     ("input noise (16 px)", *energies(noisy - low)), strict=True))]
-    tiles = [upsample(noisy, 4)]
-    for name, f in (("nearest", lambda x: upsample(x, 4)), ("bicubic", bicubic), ("relay", relay)):
-        out_noisy, out_clean = f(noisy), f(low)
-        tiles.append(out_noisy)
-        total, high = energies(downsample(out_noisy, 4) - downsample(out_clean, 4))
-        rows.append({"method": name, "noise energy ×1e4": total, "high-frequency part ×1e4": high})
-    grid = image_grid(to_uint8(torch.stack([t[k] for k in range(low.shape[0]) for t in tiles])),
-                      columns=len(tiles))
+    rows, columns = artifact_correction(
+        {"relay": lambda x: cascade(seeds, low_res=x.float())[-1]}, low, 4)
+    grid = image_grid(to_uint8(torch.stack([c[k] for k in seeds for c in columns])),
+                      columns=len(columns))
     save_png(grid, figures / "artifact_correction.png")
     caption = ("Per row: the noisy 16 px input (σ = 0.1), then nearest, bicubic and relay "
                "upsampling to 64 px")
@@ -313,6 +283,9 @@ def run_demo(settings: DemoSettings) -> Path:
     if not (settings.minutes > 0 and math.isfinite(settings.minutes)):
         raise ValueError(f"minutes={settings.minutes}: give a positive number of minutes")
     clock = _Clock()
+    from ..metrics.weights import load_inception
+
+    load_inception(settings.inception)  # the FID weights must be there before any compute
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
 

@@ -116,8 +116,10 @@ def _needs_from_reference(ref: Reference, metrics: set[str]) -> set[str]:
 def evaluate(samples: str | Path, ref: str | Path, metrics: Sequence[str], *,
              weights: str | None = None, device: str | torch.device = "cpu",
              batch_size: int = 64, seed: int = 0, progress: bool = True,
-             label_sampling: str | None = None) -> dict:
-    """Compute ``metrics`` of ``samples`` against ``ref`` (a ``.npz`` or a dataset)."""
+             label_sampling: str | None = None, inception: InceptionV3 | None = None) -> dict:
+    """Compute ``metrics`` of ``samples`` against ``ref`` (a ``.npz`` or a dataset).
+
+    ``inception``: an already loaded network (else it is loaded from ``weights``)."""
     wanted = set(parse_metrics(metrics))
     sample_set = ImageSet(samples)
     _check_count(str(samples), len(sample_set), wanted)
@@ -125,7 +127,7 @@ def evaluate(samples: str | Path, ref: str | Path, metrics: Sequence[str], *,
     model = weights_sha = None
     ref_path = Path(ref)
     if wanted & INCEPTION_METRICS:
-        model = load_inception(weights, device=device)
+        model = inception if inception is not None else load_inception(weights, device=device)
         weights_sha = weights_hash(model)
     if ref_path.is_dir() and model is not None:
         reference = folder_reference(ref_path, model, batch_size=batch_size, seed=seed,

@@ -1,0 +1,137 @@
+"""``relaydiff study`` on a toy grid (tiny networks, seconds): results, figures, equal budgets,
+resumption after a kill, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from training_helpers import config_dict, image_folder
+
+from relaydiff.data.build import build_dataset
+
+TOY = {"name": "toy", "channels": 8}
+
+
+def run(*args, timeout=900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "relaydiff", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def study_config(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("study")
+    src = image_folder(root / "src", 20, 16)
+    build_dataset(src, root / "data", 16, [4], progress=False)
+    s1 = config_dict(root, kind="edm", res=4, network=TOY, total_images=16)
+    relay = config_dict(root, kind="relay", res=16, network=TOY, total_images=1)
+    sr = config_dict(root, kind="sr", res=16, network=TOY, total_images=1)
+    e2e = config_dict(root, kind="edm", res=16, network=TOY, total_images=1)
+    for name, cfg in (("s1", s1), ("relay", relay), ("sr", sr), ("e2e", e2e)):
+        (root / f"{name}.json").write_text(json.dumps(cfg))
+    study = {
+        "data": {"path": str(root / "data"), "heldout": 6, "split_seed": 0},
+        "stage1": {"config": "s1.json", "data": "train"},
+        "budget": {"kind": "flops", "value": 4e7},
+        "variants": [
+            {"name": "relay", "config": "relay.json", "main": True},
+            {"name": "relay-alpha0", "config": "relay.json", "set": ["stage.relay.block_alpha=0"]},
+            {"name": "sr", "config": "sr.json", "main": True, "sample_levels": [0.0, 0.3]},
+            {"name": "e2e", "config": "e2e.json", "main": True},
+        ],
+        "eval": {"samples": 4, "curve_samples": 4, "curve_points": 2, "relay_steps": [4, 8],
+                 "edm_steps": [2, 3]},
+    }
+    path = root / "study.json"
+    path.write_text(json.dumps(study))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(study_config, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("out") / "s"
+    r = run("study", str(study_config), "--out", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def test_results_and_every_figure(finished):
+    results = json.loads((finished / "results.json").read_text())
+    assert [v["name"] for v in results["variants"]] == ["relay", "relay-alpha0", "sr", "e2e"]
+    for v in results["variants"]:
+        assert v["cascade"]["fid"] is not None and v["cascade"]["n_images"] == 4
+        assert len(v["nfe_curve"]) == 2 and len(v["compute_curve"]) == 2
+        assert v["config"]["stage"]["kind"] == v["kind"] and v["relaydiff_version"]
+        assert v["timing"]["train_seconds"] > 0 and v["timing"]["eval_seconds"] > 0
+        if v["kind"] != "edm":
+            assert v["sr_heldout"]["n_images"] == 4 and v["sr_train"]["n_images"] == 4
+            assert v["artifact_correction"][0]["method"].startswith("input noise")
+    sr = next(v for v in results["variants"] if v["name"] == "sr")
+    assert [row["level"] for row in sr["sample_levels"]] == [0.0, 0.3]
+    assert results["floors"]["split_half"]["fid"] is not None
+    assert results["data"]["heldout_images"] == 4 and results["stage1"]["cost"]["images_seen"] == 16
+    for name in ("fid_vs_compute.png", "fid_vs_nfe.png", "grids.png"):
+        assert (finished / "figures" / name).stat().st_size > 1000, name
+    assert (finished / "runs" / "relay-s0" / "eval" / "artifacts.png").is_file()
+
+
+def test_equal_budgets_within_one_step(finished):
+    results = json.loads((finished / "results.json").read_text())
+    by = {v["name"]: v for v in results["variants"]}
+    budget = results["study_config"]["budget"]["value"]
+    for v in by.values():
+        one_step = v["config"]["batch"] * v["budget"]["flops_per_image"]
+        assert budget - one_step < v["budget"]["flops"] <= budget, v["name"]
+    assert by["relay"]["budget"]["flops"] == by["relay-alpha0"]["budget"]["flops"]
+    assert abs(by["relay"]["budget"]["flops"] - by["sr"]["budget"]["flops"]) <= max(
+        by[n]["config"]["batch"] * by[n]["budget"]["flops_per_image"] for n in ("relay", "sr"))
+
+
+def test_killed_after_the_first_variant_then_rerun_does_not_retrain_it(study_config, tmp_path):
+    out = tmp_path / "s"
+    proc = subprocess.Popen([sys.executable, "-m", "relaydiff", "study", str(study_config),
+                             "--out", str(out), "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "runs" / "relay-s0" / "result.json"
+    deadline = time.time() + 600
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert first.exists()
+    before = first.read_bytes(), first.stat().st_mtime_ns
+    ckpts = sorted((out / "runs" / "relay-s0" / "checkpoints").iterdir())
+    stamps = [p.stat().st_mtime_ns for p in ckpts]
+    r = run("study", str(study_config), "--out", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "relay seed 0: done earlier" in r.stdout
+    assert (first.read_bytes(), first.stat().st_mtime_ns) == before
+    assert [p.stat().st_mtime_ns for p in ckpts] == stamps
+    assert len(json.loads((out / "results.json").read_text())["variants"]) == 4
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda s: s["variants"][0].update(seedz=[1]), "unknown key 'seedz'; did you mean 'seeds'"),
+    (lambda s: s["budget"].update(value=0), "budget.value 0 must be a positive number"),
+    (lambda s: s["data"].update(heldout=40), "data.heldout 40: the data set has 20 images"),
+    (lambda s: s["variants"][1].update(name="relay"), "each with its own name"),
+    (lambda s: s.update(stage1={"config": "s1.json", "set": ["stage.resolution=8",
+                                                            "stage.network.name=toy"]}),
+     "the study needs [4, 8, 16]"),
+])
+def test_bad_study_config_is_one_line_and_writes_nothing(study_config, tmp_path, change, needle):
+    study = json.loads(study_config.read_text())
+    change(study)
+    bad = study_config.parent / f"bad-{abs(hash(needle))}.json"
+    bad.write_text(json.dumps(study))
+    out = tmp_path / "o"
+    r = run("study", str(bad), "--out", str(out))
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (out / "runs").exists() and not (out / "results.json").exists()
