@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 import re
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from relaydiff import RelayCascade
+from relaydiff.io.files import loads_strict
 from relaydiff.stage import RelaySamplerConfig, StageConfig
 
 
@@ -135,3 +142,68 @@ def test_cascade_checks_stage_resolutions_chain():
     RelayCascade([a, b], [build_denoiser(a), build_denoiser(b)])
     with pytest.raises(ValueError, match="stage 2 starts from 24px"):
         RelayCascade([a, bad], [build_denoiser(a), build_denoiser(bad)])
+
+
+# ---------------------------------------------------------------------------- determinism
+def _with_threads(n: int, fn):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_exact_mode_same_pixels_for_any_thread_count(cascade):
+    seeds = [4, 8, 15, 16, 23, 42, 7, 1, 2, 3]  # two groups of 8, the second padded
+    one = _with_threads(1, lambda: cascade(seeds))
+    two = _with_threads(2, lambda: cascade(seeds, batch_size=3))
+    for a, b in zip(one, two, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_packaged_networks_exact_mode_invariance():
+    """The promise with the real UNets (oneDNN and MKL kernels): the same seed gives the same
+    pixels alone, in another company and order, in a second group of 8, on 1 or 2 threads."""
+    c = RelayCascade.from_pretrained("fluent-emoji-3d-16to64")
+    c.configs[0].edm_sampler.steps = 3
+    c.configs[1].relay_sampler.steps = 12
+    ref = _with_threads(2, lambda: c([11, 12, 13]))
+    alone = _with_threads(1, lambda: c([12]))
+    mixed = _with_threads(2, lambda: c([0, 1, 2, 3, 4, 5, 6, 7, 13, 99, 11, 12], batch_size=5))
+    for k in range(2):
+        assert torch.equal(alone[k][0], ref[k][1])
+        assert torch.equal(mixed[k][10:12], ref[k][[0, 1]]) and torch.equal(mixed[k][8], ref[k][2])
+    fast = c([11, 12, 13], batch_invariant=False)[-1]
+    assert (fast - ref[-1]).abs().max() < 0.05  # other kernels: the same images to rounding
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 instruction sets")
+def test_other_instruction_sets_agree_to_float_rounding(tmp_path):
+    """What another host computes: ATen's scalar kernels, oneDNN limited to SSE4.1 and MKL in
+    compatible mode give the packaged cascade's images within the stated tolerance (README:
+    mean below half a grey level, no pixel off by more than 4)."""
+    args = ["sample", "--seeds", "0-7", "--steps", "8", "--relay-steps", "20"]
+    low_isa = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
+               "MKL_CBWR": "COMPATIBLE"}
+    for name, env in (("default", None), ("low", low_isa)):
+        r = subprocess.run([sys.executable, "-m", "relaydiff", *args, "--out", str(tmp_path / name)],
+                           capture_output=True, text=True, timeout=600, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+    for seed in range(8):
+        a, b = (np.asarray(Image.open(tmp_path / n / "000000" / f"{seed:06d}.png"), dtype=int)
+                for n in ("default", "low"))
+        assert np.abs(a - b).mean() < 0.5 and np.abs(a - b).max() <= 4, seed
+
+
+def test_old_cascade_files_with_infinity_still_load_and_are_saved_strict(tmp_path, cascade):
+    cascade.save_pretrained(tmp_path / "c")
+    stage = tmp_path / "c" / json.loads((tmp_path / "c" / "cascade.json").read_text())["stages"][0]
+    text = (stage / "config.json").read_text().replace('"s_max": null', '"s_max": Infinity')
+    (stage / "config.json").write_text(text)  # what relaydiff 0.1 wrote
+    loaded = RelayCascade.from_pretrained(tmp_path / "c")
+    assert loaded.configs[0].edm_sampler.s_max is None
+    assert loaded.configs[0].edm_sampler.churn_max == float("inf")
+    loaded.save_pretrained(tmp_path / "d")
+    for f in (tmp_path / "d").rglob("*.json"):
+        loads_strict(f.read_text())
