@@ -431,3 +431,23 @@ def test_distributed_collection_matches_one_process(tmp_path, emoji):
     np.testing.assert_array_equal(r1["pool"], single.pool)  # same images in the same order
     np.testing.assert_allclose(r1["spectrum"], single.spectrum.numpy(), rtol=1e-12)
     np.testing.assert_array_equal(r1["swd0"], single.swd[0].float().numpy())
+
+
+def test_folder_reference_statistics_are_cached_by_content(tmp_path, emoji, monkeypatch):
+    """A dataset folder as --ref is read once: the second evaluation takes its statistics from
+    the cache; changing one file's bytes makes a new entry."""
+    import relaydiff.metrics.evaluate as ev
+
+    monkeypatch.setenv("RELAYDIFF_CACHE", str(tmp_path / "cache"))
+    ref, samples = write_set(tmp_path / "ref", emoji[:8]), write_set(tmp_path / "samples", emoji[8:12])
+    passes = []
+    original = ev._pass
+    monkeypatch.setattr(ev, "_pass", lambda images, *a, **k: passes.append(images.path) or
+                        original(images, *a, **k))
+    first = evaluate(samples, ref, ["fid", "kid"], progress=False)
+    second = evaluate(samples, ref, ["fid", "kid"], progress=False)
+    assert passes.count(ref) == 1 and first["fid"] == second["fid"] and first["kid"] == second["kid"]
+    save_png(emoji[20].permute(1, 2, 0).numpy(), ref / "0000.png")
+    third = evaluate(samples, ref, ["fid"], progress=False)
+    assert passes.count(ref) == 2 and third["fid"] != first["fid"]
+    assert len(list((tmp_path / "cache" / "references").glob("*.npz"))) == 2

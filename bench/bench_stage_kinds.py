@@ -1,0 +1,66 @@
+"""Training throughput of the three stage kinds at the same network size, in one run.
+
+The study's 64 px stages (``configs/study/emoji64_{relay,sr,edm}.json``: the same UNet; the
+super-resolution stage's takes 6 input channels and the conditioning level): images/s of
+``Trainer.train_step`` on the same synthetic batches, alternating rounds (median). Target: the
+super-resolution stage within 10 % of the relay stage.
+
+    python bench/bench_stage_kinds.py [--rounds 5] [--steps 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from relaydiff.training.config import load_train_config
+from relaydiff.training.loop import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=4)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        data.mkdir()
+        rng = np.random.default_rng(0)
+        for k in range(32):
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(data / f"{k}.png")
+        trainers = {}
+        for kind in ("relay", "sr", "edm"):
+            cfg = load_train_config(ROOT / "configs" / "study" / f"emoji64_{kind}.json",
+                                    [f"data.path={data}", "log.tensorboard=false"])
+            trainers[kind] = trainer = Trainer(cfg, Path(tmp) / kind)
+            trainer.batches = [next(iter(trainer._loader())) for _ in range(1)]
+        times: dict[str, list[float]] = {k: [] for k in trainers}
+        for trainer in trainers.values():  # warm-up
+            trainer.train_step(trainer.batches)
+        for _ in range(args.rounds):
+            for kind, trainer in trainers.items():
+                start = time.perf_counter()
+                for _ in range(args.steps):
+                    trainer.train_step(trainer.batches)
+                times[kind].append(time.perf_counter() - start)
+    batch = trainers["relay"].config.batch
+    rate = {k: batch * args.steps / statistics.median(v) for k, v in times.items()}
+    print(f"{torch.get_num_threads()} threads, batch {batch}, {args.rounds} rounds × "
+          f"{args.steps} steps (median)")
+    for kind, r in rate.items():
+        fpi = trainers[kind].cost.flops_per_image
+        print(f"  {kind:<6} {r:7.2f} img/s   {fpi / 1e9:.3f} GFLOP/img (fwd+bwd)")
+    print(f"ratio sr / relay: {rate['sr'] / rate['relay']:.3f}  (target ≥ 0.90)")
+
+
+if __name__ == "__main__":
+    main()
