@@ -16,6 +16,7 @@ import click
 
 from ..version import __version__
 from .commands.analyze import analyze
+from .commands.convert import convert
 from .commands.data import data
 from .commands.demo import demo
 from .commands.eval import eval_group
@@ -39,6 +40,7 @@ cli.add_command(cascade)
 cli.add_command(analyze)
 cli.add_command(demo)
 cli.add_command(study)
+cli.add_command(convert)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -21,7 +21,7 @@ def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn
 
 def build_network(config: dict) -> nn.Module:
     """Build a raw network from ``{"name": …, **kwargs}``."""
-    from . import toy, unet  # noqa: F401  (registers their networks)
+    from . import song_unet, toy, unet  # noqa: F401  (registers their networks)
 
     name = config.get("name")
     if name not in _REGISTRY:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,18 +26,42 @@ from . import register
 from .presets import UNET_PRESETS
 
 
-def _init_uniform(tensor: torch.Tensor, fan_in: int) -> None:
-    """ADM/EDM default init: ``U(-1/√fan_in, 1/√fan_in)`` (EDM's kaiming-uniform × √(1/3))."""
-    bound = 1.0 / math.sqrt(fan_in)
-    with torch.no_grad():
-        tensor.uniform_(-bound, bound)
+@dataclass(frozen=True)
+class Init:
+    """How a layer's weights start: ``mode`` ``"uniform"`` (ADM's ``U(±1/√fan_in)``, EDM's
+    kaiming-uniform × √(1/3), for weight and bias) or ``"xavier"`` (``U(±√(6/(fan_in+fan_out)))``
+    for the weight, zero bias: the DDPM++/NCSN++ init), times ``scale`` (0: zero-initialised)."""
+
+    mode: str = "uniform"
+    scale: float = 1.0
+
+    def apply(self, weight: torch.Tensor, bias: torch.Tensor | None, fan_in: int,
+              fan_out: int) -> None:
+        with torch.no_grad():
+            if self.scale == 0:  # no random draws, so the other layers' draws do not move
+                weight.zero_()
+                if bias is not None:
+                    bias.zero_()
+            elif self.mode == "uniform":
+                bound = self.scale / math.sqrt(fan_in)
+                weight.uniform_(-bound, bound)
+                if bias is not None:
+                    bias.uniform_(-bound, bound)
+            else:
+                bound = self.scale * math.sqrt(6 / (fan_in + fan_out))
+                weight.uniform_(-bound, bound)
+                if bias is not None:
+                    bias.zero_()
 
 
-def _linear(in_features: int, out_features: int, *, bias: bool = True) -> nn.Linear:
+ADM_INIT, ADM_ZERO = Init("uniform"), Init("uniform", 0.0)
+SONG_INIT, SONG_ZERO, SONG_ATTN = Init("xavier"), Init("xavier", 1e-5), Init("xavier", math.sqrt(0.2))
+
+
+def _linear(in_features: int, out_features: int, *, bias: bool = True,
+            init: Init = ADM_INIT) -> nn.Linear:
     layer = nn.Linear(in_features, out_features, bias=bias)
-    _init_uniform(layer.weight, in_features)
-    if layer.bias is not None:
-        _init_uniform(layer.bias, in_features)
+    init.apply(layer.weight, layer.bias, in_features, out_features)
     return layer
 
 
@@ -52,12 +77,14 @@ def group_norm(channels: int, eps: float = 1e-5) -> nn.GroupNorm:
 
 
 class Conv2d(nn.Module):
-    """A ``kernel×kernel`` convolution (``kernel = 0``: none) after optional 2× resampling.
+    """A ``kernel×kernel`` convolution (``kernel = 0``: none) with optional 2× resampling.
 
-    Resampling uses ADM's separable ``[1, 1]`` filter, kept as the buffer ``resample_filter``
-    (``1×1×2×2``, all ``1/4``) as in EDM: stride-2 depthwise filtering (2×2 box mean) for
-    ``down``, a stride-2 transposed depthwise filter of ``4·f`` (nearest-neighbour
-    replication) for ``up``.
+    Resampling filters with ``f = r rᵀ / (Σr)²`` for the 1-D ``resample_filter`` ``r`` (ADM and
+    DDPM++: ``[1, 1]``, a 2×2 box mean; NCSN++: ``[1, 3, 3, 1]``), kept as the buffer
+    ``resample_filter`` (``1×1×k×k``) as in EDM: stride-2 depthwise filtering for ``down``, a
+    stride-2 transposed depthwise filter of ``4·f`` for ``up``, before the convolution; with
+    ``fused_resample`` the convolution comes first for ``down`` (and last for ``up``), with the
+    padding of both in one.
     """
 
     def __init__(
@@ -66,48 +93,66 @@ class Conv2d(nn.Module):
         out_channels: int,
         kernel: int,
         *,
+        bias: bool = True,
         up: bool = False,
         down: bool = False,
-        zero_init: bool = False,
+        resample_filter: Sequence[int] = (1, 1),
+        fused_resample: bool = False,
+        init: Init = ADM_INIT,
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.up, self.down = up, down
+        self.up, self.down, self.fused_resample = up, down, fused_resample
         self.padding = kernel // 2
         if kernel:
             self.weight = nn.Parameter(torch.zeros(out_channels, in_channels, kernel, kernel))
-            self.bias = nn.Parameter(torch.zeros(out_channels))
-            if not zero_init:
-                fan_in = in_channels * kernel * kernel
-                _init_uniform(self.weight, fan_in)
-                _init_uniform(self.bias, fan_in)
+            self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+            init.apply(self.weight, self.bias, in_channels * kernel * kernel,
+                       out_channels * kernel * kernel)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
         if up or down:
-            self.register_buffer("resample_filter", torch.full((1, 1, 2, 2), 0.25))
+            r = torch.as_tensor(resample_filter, dtype=torch.float32)
+            self.register_buffer("resample_filter", (torch.outer(r, r) / r.sum() ** 2)[None, None])
         else:
             self.resample_filter = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.resample_filter is not None:
-            channels = x.shape[1]
-            f = self.resample_filter.to(x.dtype).expand(channels, 1, 2, 2).contiguous()
+        w, f = self.weight, self.resample_filter
+        f_pad = 0 if f is None else (f.shape[-1] - 1) // 2
+        if self.fused_resample and w is not None and (self.up or self.down):
             if self.up:
-                x = F.conv_transpose2d(x, f * 4, stride=2, groups=channels)
+                x = F.conv_transpose2d(x, (f * 4).to(x.dtype).tile(self.in_channels, 1, 1, 1),
+                                       groups=self.in_channels, stride=2,
+                                       padding=self.padding + f_pad)
+                x = F.conv2d(x, w, self.bias)
             else:
-                x = F.conv2d(x, f, stride=2, groups=channels)
-        if self.weight is not None:
-            x = F.conv2d(x, self.weight, self.bias, padding=self.padding)
+                x = F.conv2d(x, w, padding=self.padding + f_pad)
+                x = F.conv2d(x, f.to(x.dtype).tile(self.out_channels, 1, 1, 1),
+                             groups=self.out_channels, stride=2)
+                if self.bias is not None:
+                    x = x + self.bias.reshape(1, -1, 1, 1)
+            return x
+        if f is not None:
+            channels = x.shape[1]
+            f = f.to(x.dtype).expand(channels, 1, *f.shape[-2:]).contiguous()
+            if self.up:
+                x = F.conv_transpose2d(x, f * 4, stride=2, groups=channels, padding=f_pad)
+            else:
+                x = F.conv2d(x, f, stride=2, groups=channels, padding=f_pad)
+        if w is not None:
+            x = F.conv2d(x, w, self.bias, padding=self.padding)
         return x
 
 
 class UNetBlock(nn.Module):
-    """ADM residual block with adaptive group norm and optional self-attention.
+    """EDM's unified residual block of ADM, DDPM++ and NCSN++, with optional self-attention.
 
-    ``h = conv0(silu(norm0(x)))``; ``h = silu(norm1(h)·(1+scale) + shift)`` with
-    ``(scale, shift) = affine(emb)``; ``y = conv1(dropout(h)) + skip(x)``; with attention,
-    ``y = y + proj(MHA(norm2(y)))`` where ``qkv`` is laid out per head as
+    ``h = conv0(silu(norm0(x)))``; adaptive scale (ADM): ``h = silu(norm1(h)·(1+scale) + shift)``
+    with ``(scale, shift) = affine(emb)``, else (DDPM++/NCSN++) ``h = silu(norm1(h + affine(emb)))``;
+    ``y = (conv1(dropout(h)) + skip(x))·skip_scale``; with attention,
+    ``y = (y + proj(MHA(norm2(y))))·skip_scale`` where ``qkv`` is laid out per head as
     ``[head][channel][q, k, v]`` (EDM's reshape order).
     """
 
@@ -121,35 +166,55 @@ class UNetBlock(nn.Module):
         down: bool = False,
         num_heads: int = 0,
         dropout: float = 0.0,
+        skip_scale: float = 1.0,
+        eps: float = 1e-5,
+        resample_filter: Sequence[int] = (1, 1),
+        resample_proj: bool = False,
+        adaptive_scale: bool = True,
+        init: Init = ADM_INIT,
+        init_zero: Init = ADM_ZERO,
+        init_attn: Init | None = None,
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.num_heads = num_heads
         self.dropout = dropout
-        self.norm0 = group_norm(in_channels)
-        self.conv0 = Conv2d(in_channels, out_channels, 3, up=up, down=down)
-        self.affine = _linear(emb_channels, 2 * out_channels)
-        self.norm1 = group_norm(out_channels)
-        self.conv1 = Conv2d(out_channels, out_channels, 3, zero_init=True)
+        self.skip_scale = skip_scale
+        self.adaptive_scale = adaptive_scale
+        resample = {"resample_filter": resample_filter}
+        self.norm0 = group_norm(in_channels, eps)
+        self.conv0 = Conv2d(in_channels, out_channels, 3, up=up, down=down, init=init, **resample)
+        self.affine = _linear(emb_channels, out_channels * (2 if adaptive_scale else 1), init=init)
+        self.norm1 = group_norm(out_channels, eps)
+        self.conv1 = Conv2d(out_channels, out_channels, 3, init=init_zero)
         self.skip: Conv2d | None = None
         if in_channels != out_channels or up or down:
-            kernel = 1 if in_channels != out_channels else 0
-            self.skip = Conv2d(in_channels, out_channels, kernel, up=up, down=down)
+            kernel = 1 if resample_proj or in_channels != out_channels else 0
+            self.skip = Conv2d(in_channels, out_channels, kernel, up=up, down=down, init=init,
+                               **resample)
         if num_heads:
             if out_channels % num_heads:
                 raise ValueError(f"{out_channels} channels do not split into {num_heads} heads")
-            self.norm2 = group_norm(out_channels)
-            self.qkv = Conv2d(out_channels, 3 * out_channels, 1)
-            self.proj = Conv2d(out_channels, out_channels, 1, zero_init=True)
+            self.norm2 = group_norm(out_channels, eps)
+            self.qkv = Conv2d(out_channels, 3 * out_channels, 1, init=init_attn or init)
+            self.proj = Conv2d(out_channels, out_channels, 1, init=init_zero)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv0(F.silu(self.norm0(x)))
-        scale, shift = self.affine(emb)[:, :, None, None].chunk(2, dim=1)
-        h = F.silu(torch.addcmul(shift, self.norm1(h), scale + 1))
+        params = self.affine(emb)[:, :, None, None]
+        if self.adaptive_scale:
+            scale, shift = params.chunk(2, dim=1)
+            h = F.silu(torch.addcmul(shift, self.norm1(h), scale + 1))
+        else:
+            h = F.silu(self.norm1(h + params))
         h = self.conv1(F.dropout(h, p=self.dropout, training=self.training))
         x = h + (self.skip(x) if self.skip is not None else x)
+        if self.skip_scale != 1:
+            x = x * self.skip_scale
         if self.num_heads:
             x = x + self.proj(self._attention(self.norm2(x)))
+            if self.skip_scale != 1:
+                x = x * self.skip_scale
         return x
 
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
@@ -276,7 +341,7 @@ class UNet(nn.Module):
                 cout = model_channels * mult
         self._takes_skip = tuple("_block" in name for name in self.dec)
         self.out_norm = group_norm(cout)
-        self.out_conv = Conv2d(cout, self.out_channels, 3, zero_init=True)
+        self.out_conv = Conv2d(cout, self.out_channels, 3, init=ADM_ZERO)
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
