@@ -278,7 +278,7 @@ def test_reference_round_trip_and_adm_batches(tmp_path, emoji):
     assert torch.equal(torch.cat(list(ImageSet(tmp_path / "adm.npz").batches(4, 1, 3))),
                        emoji[1:10:3])
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
-    with pytest.raises(ValueError, match="neither a relaydiff reference"):
+    with pytest.raises(ValueError, match="not a reference file relaydiff knows"):
         Reference.load(tmp_path / "other.npz")
 
 
@@ -451,3 +451,42 @@ def test_folder_reference_statistics_are_cached_by_content(tmp_path, emoji, monk
     third = evaluate(samples, ref, ["fid"], progress=False)
     assert passes.count(ref) == 2 and third["fid"] != first["fid"]
     assert len(list((tmp_path / "cache" / "references").glob("*.npz"))) == 2
+
+
+@needs_weights
+def test_reference_formats_give_the_fid_of_their_statistics(tmp_path, emoji):
+    """relaydiff's own file, ADM's reference batch, EDM's fid-refs and RDM's activation file of
+    the same images: each gives the FID computed directly from those statistics, says which
+    fields it used, and a metric a format cannot support is refused with one line."""
+    model = load_inception()
+    ref_images, samples = emoji[:24], write_set(tmp_path / "s", emoji[24:40])
+    c = collect([ref_images], len(ref_images), model=model, progress=False)
+    s = collect([emoji[24:40]], 16, model=model, progress=False)
+    mu, sigma = fid_mod.gaussian_stats(c.pool)
+    mu_s, sigma_s = fid_mod.gaussian_stats(c.spatial)
+    direct = fid_mod.frechet_distance(*fid_mod.gaussian_stats(s.pool), mu, sigma)
+    direct_s = fid_mod.frechet_distance(*fid_mod.gaussian_stats(s.spatial), mu_s, sigma_s)
+    files = {
+        "adm": dict(arr_0=ref_images.permute(0, 2, 3, 1).numpy(), mu=mu, sigma=sigma, mu_s=mu_s,
+                    sigma_s=sigma_s),
+        "edm-fid-refs": dict(mu=mu, sigma=sigma),
+        "rdm-activations": dict(feat=c.pool.astype(np.float64), s_feat=c.spatial.astype(np.float64)),
+    }
+    for kind, arrays in files.items():
+        np.savez(tmp_path / f"{kind}.npz", **arrays)
+        metrics = ["fid"] if kind == "edm-fid-refs" else ["fid", "sfid"]
+        res = evaluate(samples, tmp_path / f"{kind}.npz", metrics, progress=False)
+        assert res["reference"]["kind"] == kind
+        assert res["fid"] == pytest.approx(direct, rel=1e-6), kind
+        if "sfid" in metrics:
+            assert res["sfid"] == pytest.approx(direct_s, rel=1e-6), kind
+        expected = {"adm": ["mu", "sigma"], "edm-fid-refs": ["mu", "sigma"],
+                    "rdm-activations": ["feat"]}[kind]
+        assert res["reference"]["fields_used"]["fid"] == expected
+    with pytest.raises(ValueError, match=r"edm-fid-refs reference has no statistics for pr, sfid"):
+        evaluate(samples, tmp_path / "edm-fid-refs.npz", ["fid", "sfid", "pr"], progress=False)
+    res = evaluate(samples, tmp_path / "rdm-activations.npz", ["pr", "kid"], progress=False)
+    assert 0 <= res["precision"] <= 1 and res["reference"]["fields_used"]["pr"] == ["feat"]
+    np.savez(tmp_path / "other.npz", something=np.zeros(3))
+    with pytest.raises(ValueError, match="not a reference file relaydiff knows"):
+        evaluate(samples, tmp_path / "other.npz", ["fid"], progress=False)

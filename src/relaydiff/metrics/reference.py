@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +25,11 @@ import torch
 
 from ..io.files import atomic_writer, dumps_json
 from ..version import __version__
+from .fid import gaussian_stats
 from .image_sets import ARRAY_KEY
 
 FORMAT = "relaydiff-reference-v1"
+PR_FEATURES = 10000  # pool features kept for precision/recall and KID
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Reference:
     kind: str = "relaydiff"
     path: Path | None = None
     has_images: bool = False
+    fields: dict[str, str] = field(default_factory=dict)  # statistic → the file's field(s)
 
     def save(self, path: str | Path) -> None:
         """Write the ``.npz`` atomically (temporary file in the same folder, then rename)."""
@@ -88,10 +91,14 @@ class Reference:
             for key in ("mu", "sigma", "mu_s", "sigma_s", "pr_features"):
                 if key in keys:
                     setattr(ref, key, data[key].astype(np.float64))
+                    ref.fields[key] = key
             levels = sorted((k for k in keys if k.startswith("swd_")), key=lambda k: int(k[4:]))
             ref.swd = [torch.from_numpy(data[k]) for k in levels] or None
+            if ref.swd:
+                ref.fields["swd"] = "swd_*"
             if "spectrum" in keys:
                 ref.spectrum = torch.from_numpy(data["spectrum"])
+                ref.fields["spectrum"] = "spectrum"
             if "meta" in keys:
                 meta = json.loads(str(data["meta"]))
                 if meta.get("format") != FORMAT:
@@ -101,11 +108,27 @@ class Reference:
                 ref.resolution = tuple(meta["resolution"]) if meta["resolution"] else None
                 ref.fingerprint = meta["fingerprint"]
                 ref.weights_sha256 = meta["weights_sha256"]
-            elif ref.mu is not None or ref.has_images:
+            elif {"feat", "s_feat"} <= keys:  # RDM's activation files (evaluate.py activations)
+                ref.kind = "rdm-activations"
+                feat, s_feat = data["feat"].astype(np.float64), data["s_feat"].astype(np.float64)
+                ref.mu, ref.sigma = gaussian_stats(feat)
+                ref.mu_s, ref.sigma_s = gaussian_stats(s_feat)
+                keep = np.random.default_rng(0).permutation(len(feat))[:PR_FEATURES]
+                ref.pr_features = feat[np.sort(keep)].astype(np.float32)
+                ref.n_images = len(feat)
+                ref.fields.update(mu="feat", sigma="feat", mu_s="s_feat", sigma_s="s_feat",
+                                  pr_features="feat")
+            elif ARRAY_KEY in keys or ref.mu_s is not None:  # ADM's reference batches
                 ref.kind = "adm"
+                if ARRAY_KEY in keys:
+                    ref.fields["images"] = ARRAY_KEY
+            elif ref.mu is not None and ref.sigma is not None:
+                ref.kind = "edm-fid-refs"  # EDM's fid-refs/*.npz: mu and sigma only
             else:
-                raise ValueError(f"{path}: neither a relaydiff reference (no 'meta') nor an ADM "
-                                 f"reference batch (no 'mu' or '{ARRAY_KEY}')")
+                raise ValueError(f"{path}: not a reference file relaydiff knows: expected "
+                                 "relaydiff's (meta), ADM's (arr_0, mu, sigma), EDM's fid-refs "
+                                 "(mu, sigma) or RDM's activations (feat, s_feat); it has "
+                                 f"{', '.join(sorted(keys)) or 'no arrays'}")
         return ref
 
     def check_weights(self, weights_sha256: str) -> None:
