@@ -1,0 +1,84 @@
+"""``relaydiff convert`` on a large training state: peak memory and time against a plain load.
+
+Makes a ``.pt`` training state in RDM's format (an ADM network of about 60 M parameters, its
+EMA copy under ``ema`` and ``net``: ≥ 200 MB) with the test helpers, then measures in fresh
+processes: ``relaydiff convert`` (peak RSS, wall-clock) and a plain ``torch.load`` of the same
+file (persistence records resolved to plain dicts, nothing else). Targets: peak memory ≤ 1.5×
+the file size plus the model, time ≤ 2× the plain load.
+
+    python bench/bench_convert.py [--channels 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+PLAIN_LOAD = """
+import sys, time, types, torch
+mod = types.ModuleType("torch_utils.persistence"); mod._reconstruct_persistent_obj = lambda meta: meta
+sys.modules.update({"torch_utils": types.ModuleType("torch_utils"), "torch_utils.persistence": mod,
+                    "dnnlib": types.ModuleType("dnnlib"), "dnnlib.util": types.ModuleType("dnnlib.util")})
+t = time.perf_counter(); torch.load(sys.argv[1], map_location="cpu", weights_only=False)
+print(time.perf_counter() - t)
+"""
+
+
+def peak_rss_and_time(cmd: list[str]) -> tuple[float, float]:
+    """(peak resident MiB, seconds) of a child process, from ``/usr/bin/time -v``."""
+    start = time.perf_counter()
+    r = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, check=True)
+    seconds = time.perf_counter() - start
+    line = next(ln for ln in r.stderr.splitlines() if "Maximum resident set size" in ln)
+    return int(line.split(":")[1]) / 1024, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--channels", type=int, default=128)
+    args = parser.parse_args()
+
+    from released_helpers import edm_network_record, write_training_state
+
+    from relaydiff.networks import build_network
+    from relaydiff.precond import EDMPrecond
+
+    kwargs = dict(model_channels=args.channels, channel_mult=[1, 2, 3, 4], num_blocks=3,
+                  attn_resolutions=[32, 16, 8], dropout=0.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        den = EDMPrecond(build_network({"name": "unet", "img_resolution": 64, **kwargs}))
+        params = sum(p.numel() for p in den.parameters())
+        path = Path(tmp) / "training-state.pt"
+        write_training_state(path, edm_network_record(den, kwargs, 64))
+        del den
+        size = path.stat().st_size / 2**20
+        model = params * 4 / 2**20
+        base_rss, _ = peak_rss_and_time([sys.executable, "-c", "import torch"])
+        plain_rss, _ = peak_rss_and_time([sys.executable, "-c", PLAIN_LOAD, str(path)])
+        plain = float(subprocess.run([sys.executable, "-c", PLAIN_LOAD, str(path)],
+                                     capture_output=True, text=True, check=True).stdout)
+        conv_rss, conv_wall = peak_rss_and_time([sys.executable, "-m", "relaydiff", "convert",
+                                                 str(path), "--out", str(Path(tmp) / "stage")])
+        # The convert process also imports relaydiff and builds the network; time its work alone.
+        t = time.perf_counter()
+        from relaydiff.released.convert import convert
+
+        convert(path, Path(tmp) / "stage2")
+        conv = time.perf_counter() - t
+    print(f"file {size:.0f} MiB, model {params / 1e6:.1f} M parameters ({model:.0f} MiB fp32)")
+    print(f"peak RSS above `import torch` ({base_rss:.0f} MiB): convert {conv_rss - base_rss:.0f} MiB "
+          f"(target ≤ {1.5 * size + model:.0f} = 1.5 × file + model), plain torch.load "
+          f"{plain_rss - base_rss:.0f} MiB")
+    print(f"time: convert {conv:.2f} s in process ({conv_wall:.2f} s as a command), plain "
+          f"torch.load {plain:.2f} s → ratio {conv / plain:.2f} (target ≤ 2)")
+
+
+if __name__ == "__main__":
+    main()
