@@ -395,6 +395,8 @@ class Study:
             train_n)[:self.n_sr].tolist()
         write_images(data_images(self.train_root, self.train_pick, res), self.refs["train"])
         stage1 = cascade_from_snapshots([self.out / "stage1"])
+        wanted = self._stage1_config().stage  # the study's sampler settings, not the snapshot's
+        stage1.configs[0].edm_sampler, stage1.configs[0].guidance = wanted.edm_sampler, wanted.guidance
         self.stage1_samples = ev / "stage1_samples"
         self.log(f"stage 1 samples: {self.n} seeds")
         self._write_samples(stage1, self.n, self.stage1_samples)

@@ -56,6 +56,9 @@ AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Config keys that may change when a run is resumed (everything else must match the snapshot).
 RESUMABLE_CHANGES = (
     "total_images",
+    "stage.edm_sampler.",  # sampling settings do not touch training
+    "stage.relay_sampler.",
+    "stage.guidance.",
     "checkpoint.",
     "log.",
     "data.workers",
