@@ -19,6 +19,7 @@ from .commands.analyze import analyze
 from .commands.convert import convert
 from .commands.data import data
 from .commands.demo import demo
+from .commands.ema import ema
 from .commands.eval import eval_group
 from .commands.sample import sample, upscale
 from .commands.study import study
@@ -41,6 +42,7 @@ cli.add_command(analyze)
 cli.add_command(demo)
 cli.add_command(study)
 cli.add_command(convert)
+cli.add_command(ema)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -6,6 +6,7 @@ missing, truncated or foreign file raises ``ValueError`` naming it. Nothing here
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -13,12 +14,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 
-def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Write ``tensors`` (moved to contiguous CPU memory) to a safetensors file at ``path``."""
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path,
+                 metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` (moved to contiguous CPU memory) to a safetensors file at ``path``,
+    with optional string ``metadata``."""
     state = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")  # a complete file or none: written, then renamed
     try:
-        save_file(state, str(path))
+        save_file(state, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
     except (SafetensorError, OSError) as e:
+        tmp.unlink(missing_ok=True)
         reason = str(e)
         if "StorageFull" in reason or "No space" in reason:
             reason = "no space left on the device"

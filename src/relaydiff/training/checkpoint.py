@@ -18,6 +18,7 @@ checksum, so a truncated or altered file is reported by name. No pickle anywhere
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import random
 import shutil
@@ -49,6 +50,7 @@ class Snapshot:
     model: dict[str, torch.Tensor]
     ema: dict[str, torch.Tensor]
     optimizer: dict
+    extra: dict[str, dict[str, torch.Tensor]] = dataclasses.field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- RNG states
@@ -121,6 +123,7 @@ def save_snapshot(
     optimizer: dict,
     state: dict,
     keep: int,
+    extra: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write snapshot ``ckpt-<step>`` under ``root`` atomically and keep the newest ``keep``.
 
@@ -140,7 +143,9 @@ def save_snapshot(
         save_tensors(opt_tensors, tmp / "optimizer.safetensors")
         write_bytes_atomic(tmp / "optimizer.json", dumps_json(opt_meta, indent=None).encode(),
                            durable=False)
-        names = [*TENSOR_FILES, "optimizer.json"]
+        for name, tensors in (extra or {}).items():  # e.g. the post-hoc EMA averages
+            save_tensors(tensors, tmp / f"{name}.safetensors")
+        names = [*TENSOR_FILES, "optimizer.json", *(f"{n}.safetensors" for n in extra or {})]
         full_state = {
             "format": CHECKPOINT_FORMAT,
             "version": 1,
@@ -185,8 +190,11 @@ def load_snapshot(path: str | Path) -> Snapshot:
     opt = optimizer_from_files(
         load_tensors(path / "optimizer.safetensors"), read_json(path / "optimizer.json")
     )
+    extra = {name.removesuffix(".safetensors"): load_tensors(path / name) for name in state["files"]
+             if name.endswith(".safetensors") and name not in TENSOR_FILES}
     return Snapshot(
-        path, state, load_tensors(path / "model.safetensors"), load_tensors(path / "ema.safetensors"), opt
+        path, state, load_tensors(path / "model.safetensors"), load_tensors(path / "ema.safetensors"),
+        opt, extra,
     )
 
 

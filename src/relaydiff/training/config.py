@@ -51,10 +51,26 @@ class OptimConfig:
 
 @dataclass
 class EMAConfig:
-    """EMA half-life in training images; ``rampup_ratio`` caps it at that fraction of images seen."""
+    """EMA half-life in training images; ``rampup_ratio`` caps it at that fraction of images seen.
+
+    ``posthoc_sigma_rels`` (e.g. ``[0.05, 0.10]``) also tracks power-function EMAs of those
+    relative widths and stores their snapshots every ``posthoc_every_images`` in
+    ``RUN/posthoc/``, from which ``relaydiff ema reconstruct`` makes any other width after
+    training (EDM2's post-hoc EMA, docs/quality.md). The half-life EMA stays the one a cascade
+    gets from ``cascade build``.
+    """
 
     halflife_images: float = 500_000
     rampup_ratio: float | None = 0.05
+    posthoc_sigma_rels: list[float] = field(default_factory=list)
+    posthoc_every_images: int = 0
+
+    def __post_init__(self) -> None:
+        if self.posthoc_sigma_rels and self.posthoc_every_images < 1:
+            raise ValueError("ema.posthoc_every_images must be ≥ 1 when ema.posthoc_sigma_rels is set")
+        for s in self.posthoc_sigma_rels:
+            if not 0 < s < 0.2887:
+                raise ValueError(f"ema.posthoc_sigma_rels: {s} must lie in (0, 0.288)")
 
 
 @dataclass

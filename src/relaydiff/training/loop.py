@@ -51,6 +51,7 @@ from .data import GlobalSampleDataset, StepBatches
 from .ema import EMA
 from .grids import sample_grid, stage_samples
 from .logging import RunLog, SigmaBands
+from .posthoc_ema import PowerEMA
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Config keys that may change when a run is resumed (everything else must match the snapshot).
@@ -227,6 +228,8 @@ class Trainer:
         den.autocast_dtype = AUTOCAST[cfg.precision]
         self.denoiser = den.to(dev).train()
         self.ema = EMA(self.denoiser, cfg.ema.halflife_images, cfg.ema.rampup_ratio)
+        self.phema = (PowerEMA(self.denoiser.model, cfg.ema.posthoc_sigma_rels)
+                      if cfg.ema.posthoc_sigma_rels else None)
         self._fid_tools = None  # (reference, Inception), loaded on first use
         o = cfg.optim
         self.optimizer = torch.optim.Adam(self.denoiser.parameters(), lr=o.lr, betas=o.betas, eps=o.eps)
@@ -237,6 +240,8 @@ class Trainer:
         if snapshot is not None:
             self.denoiser.model.load_state_dict(snapshot.model, strict=True)
             self.ema.module.model.load_state_dict(snapshot.ema, strict=True)
+            if self.phema is not None:
+                self.phema.load(snapshot.extra["posthoc"])
             self.optimizer.load_state_dict(snapshot.optimizer)
             s = snapshot.state
             self.step, self.bad_steps = s["step"], s["bad_steps"]
@@ -328,6 +333,8 @@ class Trainer:
                     torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
             self.optimizer.step()
             self.ema.update(self.denoiser, cfg.batch, images_seen)
+            if self.phema is not None:
+                self.phema.update(self.denoiser.model, images_seen + cfg.batch, cfg.batch)
         self.step += 1
         return totals, bands
 
@@ -366,6 +373,7 @@ class Trainer:
                 optimizer=self.optimizer.state_dict(),
                 state=state,
                 keep=self.config.checkpoint.keep,
+                extra=None if self.phema is None else {"posthoc": self.phema.tensors()},
             )
         self.world.barrier()
         return root / f"ckpt-{self.step:08d}"
@@ -498,6 +506,12 @@ class Trainer:
                         stopped_by = requests["signal"] or "signal"
                     elif flags[0] > 0:
                         stopped_by = "time"
+                    # The post-hoc snapshot first: a checkpoint at this step implies it exists.
+                    every = cfg.ema.posthoc_every_images
+                    if self.phema is not None and world.is_main and images // every > before // every:
+                        folder = self.out / "posthoc"
+                        folder.mkdir(parents=True, exist_ok=True)
+                        self.phema.save_snapshots(folder, images, self.step)
                     every = cfg.checkpoint.every_images
                     if images // every > before // every or stopped_by:
                         snapshot, last_mark = self._snapshot(last_mark)
