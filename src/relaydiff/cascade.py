@@ -25,7 +25,7 @@ from . import stage as _stage
 from ._deprecated import moved_attribute
 from .ops import noisy_condition, randn, relay_noise, upsample
 from .pretrained import read_cascade, write_cascade
-from .samplers import classifier_free_guidance, edm_sample, relay_sample
+from .samplers import autoguidance, classifier_free_guidance, edm_sample, relay_sample
 from .schedules import karras_sigmas
 
 LABEL_STREAM = 1 << 40  # offset of the seeds that draw random class labels
@@ -66,8 +66,10 @@ class RelayCascade(nn.Module):
     """An ordered list of stages; stage 1 may be omitted for pure super-resolution cascades."""
 
     def __init__(self, configs: Sequence[_stage.StageConfig], denoisers: Sequence[nn.Module],
-                 training: Sequence[dict] | None = None) -> None:
-        """``training``: optionally, how each stage was trained (saved with the cascade)."""
+                 training: Sequence[dict] | None = None,
+                 guides: Sequence[tuple[_stage.StageConfig, nn.Module] | None] | None = None) -> None:
+        """``training``: optionally, how each stage was trained (saved with the cascade);
+        ``guides``: optionally, per stage, the ``(config, denoiser)`` of its autoguidance guide."""
         super().__init__()
         if not configs or len(configs) != len(denoisers):
             raise ValueError("a cascade needs at least one stage, with one denoiser per config")
@@ -85,6 +87,21 @@ class RelayCascade(nn.Module):
         self.configs = list(configs)
         self.denoisers = nn.ModuleList(denoisers)
         self.training = None if training is None else [dict(t) for t in training]
+        self.guide_configs: dict[int, _stage.StageConfig] = {}
+        self.guides = nn.ModuleDict()
+        for k, guide in enumerate(guides or []):
+            if guide is not None:
+                self.set_guide(k, *guide)
+
+    def set_guide(self, k: int, config: _stage.StageConfig, denoiser: nn.Module) -> None:
+        """Give (0-based) stage ``k`` an autoguidance guide (checked to be a model of the same
+        stage)."""
+        try:
+            _stage.check_guide(self.configs[k], config)
+        except ValueError as e:
+            raise ValueError(f"stage {k + 1}: {e}") from None
+        self.guide_configs[k] = config
+        self.guides[str(k)] = denoiser
 
     # ------------------------------------------------------------------ properties
     @property
@@ -242,21 +259,17 @@ class RelayCascade(nn.Module):
         labels = None
         if cfg.label_dim and class_idx is not None:
             labels = _stage.one_hot(class_idx, cfg.label_dim, device)
-        denoiser = den
-        if cfg.guidance.scale != 1.0 and labels is not None:
-            g = cfg.guidance
-            smin, smax = ((cfg.edm_sampler.sigma_min, cfg.edm_sampler.sigma_max) if cfg.kind == "edm"
-                          else (cfg.relay_sampler.sigma_min, cfg.relay_sampler.sigma_trunc))
-            denoiser = classifier_free_guidance(den, g.scale, schedule=g.schedule, power=g.power,
-                                                sigma_min=smin, sigma_max=smax, interval=g.interval)
         if cfg.kind != "edm" and (x_low is None or x_low.shape[-1] != cfg.input_resolution):
             raise ValueError(f"stage {k + 1} ({cfg.kind}) upscales {cfg.input_resolution}px images; "
                              "give low-resolution images of that size")
+        guide = self.guides[str(k)] if str(k) in self.guides else None
         if cfg.kind == "sr":
             low = x_low.to(device=device, dtype=dtype)
             cond = noisy_condition(low, cfg.sr.scale, cfg.sr.sample_level, generators)
             level = torch.full((low.shape[0],), cfg.sr.sample_level, device=device)
-            denoiser = conditioned(denoiser, cond, level)
+            den = conditioned(den, cond, level)
+            guide = None if guide is None else conditioned(guide, cond, level)
+        denoiser = self._guided(k, den, guide, labels)
         if cfg.kind in ("edm", "sr"):
             s = cfg.edm_sampler
             shape = (len(generators), cfg.channels, cfg.resolution, cfg.resolution)
@@ -276,18 +289,37 @@ class RelayCascade(nn.Module):
                          variant=r.sampler_variant, generator=generators, callback=callback)
         return x.clamp(-1, 1)
 
+    def _guided(self, k: int, den, guide, labels):
+        """Stage ``k``'s denoiser with its guidance (docs/method.md §3), or as it is."""
+        cfg = self.configs[k]
+        g = cfg.guidance
+        if g.scale == 1.0:
+            return den
+        smin, smax = ((cfg.edm_sampler.sigma_min, cfg.edm_sampler.sigma_max) if cfg.kind != "relay"
+                      else (cfg.relay_sampler.sigma_min, cfg.relay_sampler.sigma_trunc))
+        kw = {"schedule": g.schedule, "power": g.power, "sigma_min": smin, "sigma_max": smax,
+              "interval": g.interval}
+        if g.kind == "auto":
+            if guide is None:
+                raise ValueError(f"stage {k + 1}: guidance.kind is 'auto' but the stage has no guide "
+                                 "network (cascade build --guide)")
+            return autoguidance(den, guide, g.scale, **kw)
+        return den if labels is None else classifier_free_guidance(den, g.scale, **kw)
+
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the cascade folder atomically (a temporary sibling folder, then a rename)."""
-        write_cascade(directory, self.configs, self.denoisers, self.training)
+        guides = [(self.guide_configs[k], self.guides[str(k)]) if k in self.guide_configs else None
+                  for k in range(len(self.configs))]
+        write_cascade(directory, self.configs, self.denoisers, self.training, guides)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, device: torch.device | str = "cpu"
                         ) -> RelayCascade:
         """Load a cascade folder written by :meth:`save_pretrained` or ``relaydiff cascade build``,
         or a cascade shipped in the package by name (``"fluent-emoji-3d-16to64"``)."""
-        configs, denoisers, training = read_cascade(directory)
-        return cls(configs, denoisers, training).to(device)
+        configs, denoisers, training, guides = read_cascade(directory)
+        return cls(configs, denoisers, training, guides).to(device)
 
     @classmethod
     def toy(cls, resolutions: Sequence[int] = (16, 64), *, channels: int = 3, label_dim: int = 0,

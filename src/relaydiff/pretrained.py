@@ -19,7 +19,7 @@ from pathlib import Path
 from torch import nn
 
 from .io.files import atomic_folder, read_json, write_json
-from .stage import StageConfig, load_stage, save_stage
+from .stage import StageConfig, is_stage_folder, load_stage, save_stage
 from .version import __version__
 
 CASCADE_FORMAT = "relaydiff.cascade"
@@ -53,15 +53,24 @@ def stage_name(k: int, config: StageConfig) -> str:
     return f"stage{k}_{config.kind}_{config.resolution}"
 
 
+GUIDE_FOLDER = "guide"
+
+
 def write_cascade(directory: str | Path, configs: Sequence[StageConfig],
-                  denoisers: Sequence[nn.Module], training: Sequence[dict] | None = None) -> None:
+                  denoisers: Sequence[nn.Module], training: Sequence[dict] | None = None,
+                  guides: Sequence[tuple[StageConfig, nn.Module] | None] | None = None) -> None:
     """Write a cascade folder atomically; ``training`` is the optional record of how each stage
-    was trained (images seen, device-hours, FLOPs per image, device), kept in ``cascade.json``."""
+    was trained (images seen, device-hours, FLOPs per image, device), kept in ``cascade.json``;
+    ``guides`` the optional guide network of each stage (autoguidance), kept as a stage folder
+    ``<stage>/guide/``."""
+    guides = list(guides or [None] * len(configs))
     with atomic_folder(directory) as tmp:
         names = []
-        for k, (cfg, den) in enumerate(zip(configs, denoisers, strict=True), 1):
+        for k, (cfg, den, guide) in enumerate(zip(configs, denoisers, guides, strict=True), 1):
             names.append(stage_name(k, cfg))
             save_stage(tmp / names[-1], cfg, den)
+            if guide is not None:
+                save_stage(tmp / names[-1] / GUIDE_FOLDER, *guide)
         meta = {"format": CASCADE_FORMAT, "version": 1, "stages": names,
                 "relaydiff_version": __version__}
         if training is not None:
@@ -76,17 +85,20 @@ def _meta(directory: Path) -> dict:
     return meta
 
 
-def read_cascade(directory: str | Path) -> tuple[list[StageConfig], list[nn.Module], list | None]:
-    """The stage configs, denoisers and training record (``None`` if absent) of a cascade
-    folder (or packaged name), lowest stage first."""
+def read_cascade(directory: str | Path) -> tuple[list[StageConfig], list[nn.Module], list | None,
+                                                list]:
+    """The stage configs, denoisers, training record (``None`` if absent) and guides (``None``
+    per stage without one) of a cascade folder (or packaged name), lowest stage first."""
     directory = resolve(directory)
     meta = _meta(directory)
-    configs, denoisers = [], []
+    configs, denoisers, guides = [], [], []
     for name in meta.get("stages", []):
         cfg, den = load_stage(directory / name)
         configs.append(cfg)
         denoisers.append(den)
-    return configs, denoisers, meta.get("training")
+        guide = directory / name / GUIDE_FOLDER
+        guides.append(load_stage(guide) if is_stage_folder(guide) else None)
+    return configs, denoisers, meta.get("training"), guides
 
 
 def read_training_record(directory: str | Path) -> list | None:

@@ -237,6 +237,13 @@ def guidance_weight(
     return w
 
 
+def _mix(out: torch.Tensor, other: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``out[idx] = w·out[idx] + (1−w)·other`` for the guided samples ``idx``."""
+    wa = w[idx].to(out.dtype).reshape(-1, *([1] * (out.dim() - 1)))
+    out[idx] = wa * out[idx] + (1 - wa) * other
+    return out
+
+
 def classifier_free_guidance(
     denoiser: Denoiser,
     scale: float,
@@ -269,9 +276,42 @@ def classifier_free_guidance(
             torch.cat([sigma, sigma[idx]]),
             torch.cat([labels, torch.zeros_like(labels[idx])]),
         )
-        out, uncond = both[: x.shape[0]].clone(), both[x.shape[0]:]
-        wa = w[idx].to(out.dtype).reshape(-1, *([1] * (x.dim() - 1)))
-        out[idx] = wa * out[idx] + (1 - wa) * uncond
-        return out
+        return _mix(both[: x.shape[0]].clone(), both[x.shape[0]:], w, idx)
+
+    return guided
+
+
+def autoguidance(
+    denoiser: Denoiser,
+    guide: Denoiser,
+    scale: float,
+    *,
+    schedule: str = "constant",
+    power: float = 1.0,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    interval: tuple[float, float] | None = None,
+) -> Denoiser:
+    """Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of
+    itself"): ``D_w = D_bad + w·(D_good − D_bad) = w·D_good(x;σ,c) + (1−w)·D_bad(x;σ,c)`` with
+    ``guide`` the bad model (smaller or less trained, same stage and labels).
+
+    The call pattern of classifier-free guidance: the good model once on the whole batch, the
+    guide once on the samples whose weight is not 1 (none outside the guidance interval); works
+    for unconditional stages too (``labels`` may be ``None``).
+    """
+    guidance_weight(scale, torch.ones(1), schedule=schedule, interval=interval)  # validate early
+
+    def guided(x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        check_labels(labels, x.shape[0])
+        out = denoiser(x, sigma, labels)
+        w = guidance_weight(scale, sigma, schedule=schedule, power=power, sigma_min=sigma_min,
+                            sigma_max=sigma_max, interval=interval).to(x.device)
+        active = w != 1
+        if not active.any():
+            return out
+        idx = active.nonzero().squeeze(1)
+        bad = guide(x[idx], sigma[idx], None if labels is None else labels[idx])
+        return _mix(out.clone(), bad.to(out.dtype), w, idx)
 
     return guided

@@ -79,12 +79,19 @@ class RelaySamplerConfig:
 
 @dataclass
 class GuidanceConfig:
-    """Classifier-free guidance (``scale`` 1 disables it)."""
+    """Guidance of a stage (``scale`` 1 disables it): ``kind`` ``"cfg"`` (classifier-free: the
+    zero label guides) or ``"auto"`` (autoguidance: the stage's guide network, a smaller or less
+    trained model of the same stage, guides; docs/method.md §3)."""
 
     scale: float = 1.0
     schedule: str = "constant"
     power: float = 1.0
     interval: tuple[float, float] | None = None
+    kind: str = "cfg"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("cfg", "auto"):
+            raise ValueError(f"guidance.kind {self.kind!r} is unknown; use cfg or auto")
 
 
 @dataclass
@@ -228,6 +235,20 @@ def load_stage(folder: str | Path) -> tuple[StageConfig, EDMPrecond]:
     denoiser = build_denoiser(config)
     load_weights(denoiser, folder / WEIGHTS_FILE, f"{folder.name}/{CONFIG_FILE}")
     return config, denoiser.eval()
+
+
+def check_guide(stage: StageConfig, guide: StageConfig) -> None:
+    """Refuse a guide network that is not a model of the same stage (kind, resolution, channels,
+    classes, scale and relay process), naming the first difference."""
+    mine = {"kind": stage.kind, "resolution": stage.resolution, "channels": stage.channels,
+            "label_dim": stage.label_dim, "scale": stage.scale, "relay": stage.relay, "sr": stage.sr}
+    theirs = {"kind": guide.kind, "resolution": guide.resolution, "channels": guide.channels,
+              "label_dim": guide.label_dim, "scale": guide.scale, "relay": guide.relay,
+              "sr": guide.sr}
+    for key, value in mine.items():
+        if theirs[key] != value:
+            raise ValueError(f"the guide's {key} is {theirs[key]!r} but the stage's is {value!r}; a "
+                             "guide must be a (smaller or less trained) model of the same stage")
 
 
 def is_stage_folder(path: str | Path) -> bool:

@@ -99,16 +99,45 @@ def cascade() -> None:
     multiple=True,
     required=True,
     metavar="CKPT",
-    help="A checkpoint folder or a run folder (newest checkpoint), lowest stage first.",
+    help="A stage folder, checkpoint folder or run folder (newest checkpoint), lowest stage first.",
 )
+@click.option("--guide", "guides", multiple=True, metavar="CKPT|-",
+              help="Autoguidance: the guide network (a smaller or less trained model of the same "
+                   "stage) of the stage in the same position; '-' for none.")
+@click.option("--guidance", "scales", multiple=True, metavar="W|-",
+              help="Guidance scale of the stage in the same position (autoguidance where it has a "
+                   "guide, classifier-free otherwise); '-' keeps the stage's own.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Cascade folder.")
-def build(stages, out) -> None:
-    """Write a cascade folder (EMA weights of every stage) that `relaydiff sample` loads."""
-    from ...training.export import cascade_from_snapshots
+def build(stages, guides, scales, out) -> None:
+    """Write a cascade folder (EMA weights of every stage) that `relaydiff sample` loads.
 
+    The k-th --guide and --guidance belong to the k-th --stage.
+    """
+    for flag, values in (("--guide", guides), ("--guidance", scales)):
+        if len(values) > len(stages):
+            raise click.UsageError(f"{len(values)} {flag} for {len(stages)} --stage; give at most one "
+                                   "per stage ('-' for none)")
+    parsed = []
+    for w in scales:
+        try:
+            parsed.append(None if w == "-" else float(w))
+        except ValueError:
+            raise click.BadParameter(f"{w!r} is not a number (or '-')", param_hint="--guidance") from None
     check_out(out)
+    from ...training.export import cascade_from_snapshots, load_stage_source
+
     model = cascade_from_snapshots(stages)
+    for k, spec in enumerate(guides):
+        if spec != "-":
+            cfg, den, _ = load_stage_source(spec)
+            model.set_guide(k, cfg, den)
+            model.configs[k].guidance.kind = "auto"
+    for k, w in enumerate(parsed):
+        if w is not None:
+            model.configs[k].guidance.scale = w
     model.save_pretrained(out)
     configs = model.configs
     chain = " → ".join(str(c.resolution) for c in configs)
-    click.echo(f"wrote {out}: {len(configs)} stage(s), {chain} px")
+    guided = [f"stage {k + 1} autoguided ×{configs[k].guidance.scale:g}" for k in model.guide_configs]
+    click.echo(f"wrote {out}: {len(configs)} stage(s), {chain} px" +
+               (f" ({', '.join(guided)})" if guided else ""))
