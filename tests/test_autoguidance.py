@@ -89,7 +89,7 @@ def test_guide_of_another_stage_and_missing_guide_are_refused():
     with pytest.raises(ValueError, match="stage 1: the guide's resolution is 16 but the stage's is 8"):
         cascade.set_guide(0, other, build_denoiser(other))
     cascade.configs[0].guidance.kind, cascade.configs[0].guidance.scale = "auto", 2.0
-    with pytest.raises(ValueError, match="guidance.kind is 'auto' but the stage has no guide"):
+    with pytest.raises(ValueError, match=r"guidance\.kind is 'auto' but the stage has no guide"):
         cascade([0])
 
 

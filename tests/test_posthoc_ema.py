@@ -41,9 +41,11 @@ def test_sigma_rel_and_gamma_are_inverse_and_match_the_profile_width():
 
 def test_profile_inner_product_is_the_integral():
     for (ta, ga), (tb, gb) in [((100, 6.9), (250, 16.9)), ((300, 2.0), (120, 4.5))]:
-        direct = integrate.quad(lambda x: (ga + 1) / ta * (x / ta) ** ga * (x <= ta) *
-                                (gb + 1) / tb * (x / tb) ** gb * (x <= tb), 0, max(ta, tb),
-                                points=[min(ta, tb)], limit=200)[0]
+        def product(x, ta=ta, ga=ga, tb=tb, gb=gb):
+            return ((ga + 1) / ta * (x / ta) ** ga * (x <= ta)
+                    * (gb + 1) / tb * (x / tb) ** gb * (x <= tb))
+
+        direct = integrate.quad(product, 0, max(ta, tb), points=[min(ta, tb)], limit=200)[0]
         assert math.isclose(profile_inner(ta, ga, tb, gb), direct, rel_tol=1e-6)
 
 
