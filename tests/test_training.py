@@ -161,22 +161,31 @@ def test_flops_per_image_matches_hand_count():
 
 
 # ------------------------------------------------------------------ resume
-def resume_config(data: Path, total: int, noise_rng: str = "per_sample") -> TrainConfig:
-    """A UNet with dropout and flipped data: both draw random numbers that must be replayed."""
+def resume_config(data: Path, total: int, noise_rng: str = "per_sample", augment: float = 0.0
+                  ) -> TrainConfig:
+    """A UNet with dropout and flipped data: both draw random numbers that must be replayed
+    (and so does EDM's augmentation, with probability ``augment``)."""
+    network = tiny_unet(16, dropout=0.2)
+    if augment:
+        network["augment_dim"] = 9
     return make_config(
         data,
-        network=tiny_unet(16, dropout=0.2),
+        network=network,
         total_images=total,
         data={"path": str(data), "xflip": True},
         noise_rng=noise_rng,
+        augment={"p": augment},
     )
 
 
-@pytest.mark.parametrize("noise_rng", ["per_sample", "per_device"])
-def test_resume_is_bitwise_identical(tmp_path, data16, noise_rng):
-    full = train(resume_config(data16, 48, noise_rng), tmp_path / "full", progress=False)
-    train(resume_config(data16, 24, noise_rng), tmp_path / "split", progress=False)
-    rest = train(resume_config(data16, 48, noise_rng), tmp_path / "split", resume="auto", progress=False)
+@pytest.mark.parametrize(("noise_rng", "augment"),
+                         [("per_sample", 0.0), ("per_device", 0.0), ("per_sample", 0.5),
+                          ("per_device", 0.5)])
+def test_resume_is_bitwise_identical(tmp_path, data16, noise_rng, augment):
+    full = train(resume_config(data16, 48, noise_rng, augment), tmp_path / "full", progress=False)
+    train(resume_config(data16, 24, noise_rng, augment), tmp_path / "split", progress=False)
+    rest = train(resume_config(data16, 48, noise_rng, augment), tmp_path / "split", resume="auto",
+                 progress=False)
     assert rest.step == full.step == 12
     assert_bitwise_equal(snapshot_tensors(full.snapshot), snapshot_tensors(rest.snapshot))
     # The weights did change over the second half (the comparison is not vacuous).
@@ -185,6 +194,8 @@ def test_resume_is_bitwise_identical(tmp_path, data16, noise_rng):
         load_file(str(mid / "model.safetensors"))["enc.16x16_conv.weight"],
         load_file(str(rest.snapshot / "model.safetensors"))["enc.16x16_conv.weight"],
     )
+    if augment:  # the augmentation map starts at zero; only augmentation labels train it
+        assert load_file(str(rest.snapshot / "model.safetensors"))["map_augment.weight"].abs().sum() > 0
 
 
 def test_resume_after_sigkill_during_checkpoint_write(tmp_path, data16):

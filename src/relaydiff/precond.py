@@ -73,10 +73,12 @@ class EDMPrecond(nn.Module):
         *,
         cond_image: torch.Tensor | None = None,
         cond_sigma: torch.Tensor | None = None,
+        augment_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``D(x; σ, labels)``. A super-resolution stage also passes its conditioning image
         ``cond_image`` (``N×C×H×W``, concatenated to the network input as it is) and the noise
-        level ``cond_sigma`` (``(N,)``) that was added to it."""
+        level ``cond_sigma`` (``(N,)``) that was added to it. ``augment_labels`` (training with
+        augmentation only) tell the network how its input was augmented."""
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
         if sigma.numel() == 1:
             sigma = sigma.expand(x.shape[0])
@@ -98,6 +100,8 @@ class EDMPrecond(nn.Module):
         x32 = x.to(torch.float32)
         net_in = c.c_in.reshape(view) * x32
         extra = {}
+        if augment_labels is not None:
+            extra["augment_labels"] = augment_labels.to(torch.float32)
         if cond_image is not None:
             if cond_image.shape[0] != x.shape[0] or cond_image.shape[2:] != x.shape[2:]:
                 raise ValueError(f"cond_image has shape {tuple(cond_image.shape)} for x of shape "

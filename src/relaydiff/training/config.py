@@ -18,6 +18,7 @@ from pathlib import Path
 from ..config import from_dict, to_dict
 from ..io.files import read_json
 from ..stage import StageConfig
+from .augment import AugmentConfig
 
 
 @dataclass
@@ -138,6 +139,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     precision: str = "fp32"
     compile: bool = False
     max_bad_steps: int = 100

@@ -1,4 +1,5 @@
-"""The training loop of one stage (EDM stage 1 or a relay stage), alone or under ``torchrun``.
+"""The training loop of one stage (EDM stage 1, relay or super-resolution), alone or under
+``torchrun``.
 
 Every step ``t`` trains on the global samples ``g ∈ [t·B, (t+1)·B)`` (``training.data``).
 Randomness is a function of the seed and the step: σ and the noise of sample ``g`` come from
@@ -18,6 +19,7 @@ is skipped; after ``max_bad_steps`` such steps training stops with an error.
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import threading
 import time
@@ -37,6 +39,7 @@ from ..io.distributed import World, close_world, init_world
 from ..io.images import from_uint8, save_png
 from ..losses import EDMLoss, RelayLoss, SRLoss
 from ..stage import build_denoiser, one_hot
+from .augment import augment
 from .checkpoint import (
     Snapshot,
     list_snapshots,
@@ -225,6 +228,13 @@ class Trainer:
                 f"stage.network.img_resolution is {net_res} but stage.resolution is "
                 f"{cfg.stage.resolution}; make them equal"
             )
+        if cfg.augment.p > 0:
+            want = cfg.augment.label_dim
+            have = getattr(den.model, "augment_dim", 0)
+            if have != want:
+                raise ValueError(f"augment.p is {cfg.augment.p} but the network takes {have} "
+                                 f"augmentation labels; set stage.network.augment_dim={want} (the "
+                                 "labels of the enabled transforms) or augment.p=0")
         den.autocast_dtype = AUTOCAST[cfg.precision]
         self.denoiser = den.to(dev).train()
         self.ema = EMA(self.denoiser, cfg.ema.halflife_images, cfg.ema.rampup_ratio)
@@ -255,7 +265,7 @@ class Trainer:
         self.model: torch.nn.Module = self.denoiser
         if self.world.size > 1:
             # EDM's augmentation map (``augment_dim`` > 0) gets no input without augmentation.
-            unused = getattr(den.model, "map_augment", None) is not None
+            unused = getattr(den.model, "map_augment", None) is not None and cfg.augment.p == 0
             self.model = DistributedDataParallel(
                 self.denoiser, device_ids=[dev] if dev.type == "cuda" else None, find_unused_parameters=unused
             )
@@ -305,9 +315,13 @@ class Trainer:
                 onehot = one_hot(labels, cfg.stage.label_dim, dev)
             gens = self._generators(indices, m)
             sigma = self.loss_fn.sample_sigma(images.shape[0], generator=gens, device=dev)
+            model = self.model
+            if cfg.augment.p > 0:
+                images, aug_labels = augment(images, cfg.augment, gens, cfg.stage.scale or 1)
+                model = functools.partial(self.model, augment_labels=aug_labels)
             sync = m == len(micro_batches) - 1 or not isinstance(self.model, DistributedDataParallel)
             with contextlib.nullcontext() if sync else self.model.no_sync():
-                per_sample = self.loss_fn(self.model, images, sigma, onehot, generator=gens)
+                per_sample = self.loss_fn(model, images, sigma, onehot, generator=gens)
                 (per_sample.sum() * factor).backward()
             totals[0] += per_sample.detach().double().sum().cpu()
             totals[1] += per_sample.shape[0]

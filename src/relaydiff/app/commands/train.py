@@ -42,7 +42,7 @@ from . import check_out
 @click.option("--cond", is_flag=True, help="Class-conditional training (needs labelled data).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs still written).")
 def train(config, overrides, out, resume, max_minutes, skip_bad, cond, no_progress) -> None:
-    """Train one stage (EDM stage 1 or a relay stage) from a JSON CONFIG (a file, or the name of
+    """Train one stage (EDM stage 1, relay or super-resolution) from a JSON CONFIG (a file, or the name of
     a built-in config: stage1_16, relay_16to64).
 
     Runs alone or under torchrun (DDP: NCCL on GPUs, gloo on CPUs); the global batch is
