@@ -81,6 +81,19 @@ def test_results_and_every_figure(finished):
     assert (finished / "runs" / "relay-s0" / "eval" / "artifacts.png").is_file()
 
 
+def test_table_values_come_from_the_summary(finished):
+    results = json.loads((finished / "results.json").read_text())
+    table = (finished / "table.md").read_text().splitlines()
+    rows = {line.split("|")[1].strip().removesuffix(" (main)"): line for line in table[2:]}
+    for row in results["summary"]:
+        line = rows[row["variant"]]
+        fid = row["sr_heldout_fid"]["mean"]
+        if fid is not None:
+            assert f"{fid:.1f}" in line, row["variant"]
+        if row.get("cascade_fid", {}).get("mean") is not None:
+            assert f"{row['cascade_fid']['mean']:.1f}" in line
+
+
 def test_equal_budgets_within_one_step(finished):
     results = json.loads((finished / "results.json").read_text())
     by = {v["name"]: v for v in results["variants"]}

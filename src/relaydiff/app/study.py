@@ -13,7 +13,7 @@ Layout of ``OUT``::
     OUT/eval/floors.json             split-half FID and the up(down(x)) floor
     OUT/runs/<variant>-s<seed>/      one training run per variant and seed
     OUT/runs/<variant>-s<seed>/result.json   its evaluation (written last: the variant is done)
-    OUT/results.json, OUT/figures/   the aggregate
+    OUT/results.json, OUT/table.md, OUT/figures/   the aggregate (table.md: its summary as Markdown)
 
 Every step is resumable: a killed study continues where it stopped, a finished variant (its
 ``result.json``) is never trained or evaluated again. ``--variants`` runs a subset, so that
@@ -585,6 +585,8 @@ class Study:
             "summary": summary,
         }
         write_json(finite_or_none(out), self.out / "results.json")
+        with atomic_writer(self.out / "table.md") as f:
+            f.write(markdown_table(summary, results).encode())
         if results:
             figures(out, self.out / "figures", self.out)
         self.log(f"wrote {self.out / 'results.json'} ({len(results)} runs)")
@@ -626,6 +628,45 @@ def summarize(results: list[dict], floors: dict) -> list[dict]:
     rows.append({"variant": "floor: up(down(x)) of held-out data",
                  "sr_heldout_fid": {"mean": floors["up_down_heldout"]["fid"]}})
     return rows
+
+
+def _cell(stat: dict | None, digits: int) -> str:
+    """``mean ± half-spread`` (over seeds) of a summary statistic, ``—`` where there is none."""
+    if not stat or stat.get("mean") is None:
+        return "—"
+    text = f"{stat['mean']:.{digits}f}"
+    if stat.get("n", 1) > 1:
+        text += f" ± {stat['spread'] / 2:.{digits}f}"
+    return text
+
+
+def markdown_table(summary: list[dict], results: list[dict]) -> str:
+    """The summary as a Markdown table (every value is ``results.json``'s ``summary``, rounded;
+    ``±`` is half the spread over the seeds), with the evaluation / training time split."""
+    head = ("| variant | seeds | training GFLOPs | images | NFE | cascade FID | SR-FID held-out | "
+            "SR-FID train | precision | recall | KID×1e3 | spectrum | eval / train time |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for row in summary:
+        runs = [r for r in results if r["name"] == row["variant"]]
+        if not runs:  # a floor
+            lines.append(f"| {row['variant']} | | | | | | {_cell(row['sr_heldout_fid'], 1)} "
+                         "| | | | | | |")
+            continue
+        kid = row["cascade_kid"]
+        kid = {**kid, "mean": kid["mean"] * 1e3, "spread": kid["spread"] * 1e3} \
+            if kid.get("mean") is not None else kid
+        ratio = sum(r["timing"]["eval_seconds"] for r in runs) / max(
+            sum(r["timing"]["train_seconds"] for r in runs), 1e-9)
+        lines.append(
+            f"| {row['variant']}{' (main)' if row['main'] else ''} | "
+            f"{', '.join(str(s) for s in row['seeds'])} | "
+            f"{np.mean(row['budget_flops']) / 1e9:,.0f} | {int(np.mean(row['images'])):,} | "
+            f"{row['nfe']} | {_cell(row['cascade_fid'], 1)} | {_cell(row['sr_heldout_fid'], 1)} | "
+            f"{_cell(row['sr_train_fid'], 1)} | {_cell(row['precision'], 3)} | "
+            f"{_cell(row['recall'], 3)} | {_cell(kid, 1)} | {_cell(row['spectrum'], 3)} | "
+            f"{100 * ratio:.0f} % |")
+    return head + "\n".join(lines) + "\n"
 
 
 def figures(results: dict, folder: Path, out: Path) -> None:
@@ -679,7 +720,8 @@ def figures(results: dict, folder: Path, out: Path) -> None:
     if rows:
         fig, ax = plt.subplots(figsize=(8, 1.1 * len(rows) + 0.5), dpi=120)
         ax.imshow(np.concatenate(rows, axis=0), interpolation="nearest")
-        ax.set_yticks([64 * k + 32 for k in range(len(rows))], labels, fontsize=8)
+        h = rows[0].shape[0]
+        ax.set_yticks([h * k + h // 2 for k in range(len(rows))], labels, fontsize=8)
         ax.set_xticks([])
         ax.set_title("the same 8 stage-1 samples through each variant (end to end: its own samples)",
                      fontsize=8)
