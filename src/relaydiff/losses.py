@@ -40,6 +40,15 @@ def _check_sigma(sigma: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return sigma
 
 
+def _noised(images: torch.Tensor, sigma, labels, generator: Generator
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checked ``σ`` and ``x_σ = x + σ·ε`` (``ε``: the first draw of every sample)."""
+    sigma = _check_sigma(sigma, images)
+    check_labels(labels, images.shape[0])
+    noise = randn(images.shape, generator, device=images.device, dtype=images.dtype)
+    return sigma, images + sigma.reshape((-1,) + (1,) * (images.dim() - 1)) * noise
+
+
 @dataclass(frozen=True)
 class EDMLoss:
     """Stage-1 loss: ``x_σ = x + σ·ε``, ``ln σ ~ N(P_mean, P_std²)``, weight ``λ(σ)``."""
@@ -52,11 +61,7 @@ class EDMLoss:
         return edm_training_sigmas(n, self.p_mean, self.p_std, generator=generator, device=device)
 
     def __call__(self, denoiser, images, sigma, labels=None, *, generator: Generator = None):
-        sigma = _check_sigma(sigma, images)
-        check_labels(labels, images.shape[0])
-        view = (-1,) + (1,) * (images.dim() - 1)
-        noise = randn(images.shape, generator, device=images.device, dtype=images.dtype)
-        x_noisy = images + sigma.reshape(view) * noise
+        sigma, x_noisy = _noised(images, sigma, labels, generator)
         d = denoiser(x_noisy, sigma, labels)
         return loss_weight(sigma, self.sigma_data) * _per_sample((d - images) ** 2)
 
@@ -162,14 +167,10 @@ class SRLoss:
         return edm_training_sigmas(n, self.p_mean, self.p_std, generator=generator, device=device)
 
     def __call__(self, denoiser, images, sigma, labels=None, *, generator: Generator = None):
-        sigma = _check_sigma(sigma, images)
-        check_labels(labels, images.shape[0])
-        view = (-1,) + (1,) * (images.dim() - 1)
-        noise = randn(images.shape, generator, device=images.device, dtype=images.dtype)
+        sigma, x_noisy = _noised(images, sigma, labels, generator)
         level = (self.aug_max * _uniform(images.shape[0], generator)).to(images.device, images.dtype)
         cond = noisy_condition(downsample(images, self.scale), self.scale, level, generator)
-        d = denoiser(images + sigma.reshape(view) * noise, sigma, labels, cond_image=cond,
-                     cond_sigma=level)
+        d = denoiser(x_noisy, sigma, labels, cond_image=cond, cond_sigma=level)
         return loss_weight(sigma, self.sigma_data) * _per_sample((d - images) ** 2)
 
     def to_dict(self) -> dict:
