@@ -135,6 +135,26 @@ def test_training_stores_snapshots_and_resumes_bitwise(tmp_path):
     assert all(torch.equal(ea[k], eb[k]) for k in ea)
 
 
+def test_training_snapshots_are_float16_and_reconstruct_to_float32(tmp_path):
+    data = image_folder(tmp_path / "d", 8, 16)
+    result = train(_posthoc_config(data, 32), tmp_path / "run", progress=False)
+    from relaydiff.io.tensors import load_tensors
+
+    snaps = list_posthoc(tmp_path / "run")
+    stored = load_tensors(snaps[-2].path)  # σ_rel 0.05 at the end
+    assert snaps[-2].sigma_rel == 0.05 and snaps[-2].images_seen == 32
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
+    weights, _ = reconstruct(tmp_path / "run", 0.05)
+    running = {k.split("/", 1)[1]: v for k, v in
+               load_snapshot(result.snapshot).extra["posthoc"].items() if k.startswith("0/")}
+    for name, value in weights.items():
+        assert value.dtype == torch.float32
+        # the float16 snapshot, up to the rounding of the least-squares weights (≈ 1)
+        assert torch.allclose(value, stored[name].float(), rtol=1e-5, atol=1e-6), name
+        # and the float32 running average to float16 rounding
+        assert torch.allclose(value, running[name], rtol=2e-3, atol=1e-4), name
+
+
 def test_command_line_reconstruct_and_bad_input(tmp_path):
     data = image_folder(tmp_path / "d", 8, 16)
     train(_posthoc_config(data, 48), tmp_path / "run", progress=False)

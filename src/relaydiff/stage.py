@@ -240,11 +240,11 @@ def load_stage(folder: str | Path) -> tuple[StageConfig, EDMPrecond]:
 def check_guide(stage: StageConfig, guide: StageConfig) -> None:
     """Refuse a guide network that is not a model of the same stage (kind, resolution, channels,
     classes, scale and relay process), naming the first difference."""
-    mine = {"kind": stage.kind, "resolution": stage.resolution, "channels": stage.channels,
-            "label_dim": stage.label_dim, "scale": stage.scale, "relay": stage.relay, "sr": stage.sr}
-    theirs = {"kind": guide.kind, "resolution": guide.resolution, "channels": guide.channels,
-              "label_dim": guide.label_dim, "scale": guide.scale, "relay": guide.relay,
-              "sr": guide.sr}
+    def identity(c: StageConfig) -> dict:
+        return {"kind": c.kind, "resolution": c.resolution, "channels": c.channels,
+                "label_dim": c.label_dim, "scale": c.scale, "relay": c.relay, "sr": c.sr}
+
+    mine, theirs = identity(stage), identity(guide)
     for key, value in mine.items():
         if theirs[key] != value:
             raise ValueError(f"the guide's {key} is {theirs[key]!r} but the stage's is {value!r}; a "

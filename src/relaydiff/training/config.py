@@ -56,8 +56,9 @@ class EMAConfig:
 
     ``posthoc_sigma_rels`` (e.g. ``[0.05, 0.10]``) also tracks power-function EMAs of those
     relative widths and stores their snapshots every ``posthoc_every_images`` in
-    ``RUN/posthoc/``, from which ``relaydiff ema reconstruct`` makes any other width after
-    training (EDM2's post-hoc EMA, docs/quality.md). The half-life EMA stays the one a cascade
+    ``RUN/posthoc/`` (in ``posthoc_dtype``: float16 as EDM2, half the disk), from which
+    ``relaydiff ema reconstruct`` makes any other width after training (EDM2's post-hoc EMA,
+    docs/quality.md). The half-life EMA stays the one a cascade
     gets from ``cascade build``.
     """
 
@@ -65,8 +66,11 @@ class EMAConfig:
     rampup_ratio: float | None = 0.05
     posthoc_sigma_rels: list[float] = field(default_factory=list)
     posthoc_every_images: int = 0
+    posthoc_dtype: str = "float16"
 
     def __post_init__(self) -> None:
+        if self.posthoc_dtype not in ("float16", "float32"):
+            raise ValueError(f"ema.posthoc_dtype {self.posthoc_dtype!r} must be float16 or float32")
         if self.posthoc_sigma_rels and self.posthoc_every_images < 1:
             raise ValueError("ema.posthoc_every_images must be ≥ 1 when ema.posthoc_sigma_rels is set")
         for s in self.posthoc_sigma_rels:

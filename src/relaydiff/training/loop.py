@@ -525,7 +525,8 @@ class Trainer:
                     if self.phema is not None and world.is_main and images // every > before // every:
                         folder = self.out / "posthoc"
                         folder.mkdir(parents=True, exist_ok=True)
-                        self.phema.save_snapshots(folder, images, self.step)
+                        self.phema.save_snapshots(folder, images, self.step,
+                                                  getattr(torch, cfg.ema.posthoc_dtype))
                     every = cfg.checkpoint.every_images
                     if images // every > before // every or stopped_by:
                         snapshot, last_mark = self._snapshot(last_mark)

@@ -101,12 +101,16 @@ class PowerEMA:
             k, name = key.split("/", 1)
             self.averages[int(k)][name].copy_(value)
 
-    def save_snapshots(self, folder: Path, images_seen: int, step: int) -> list[Path]:
+    def save_snapshots(self, folder: Path, images_seen: int, step: int,
+                       dtype: torch.dtype | None = None) -> list[Path]:
         """One safetensors file per profile: ``phema-<images>-<σ_rel>.safetensors`` with the
-        exact ``γ``, ``σ_rel``, images seen and step in its metadata."""
+        exact ``γ``, ``σ_rel``, images seen and step in its metadata; floating-point tensors
+        stored as ``dtype`` (None: as they are; training stores float16, as EDM2 does)."""
         paths = []
         for sigma_rel, gamma, avg in zip(self.sigma_rels, self.gammas, self.averages, strict=True):
             path = folder / f"{SNAPSHOT_PREFIX}{images_seen:012d}-{sigma_rel:.3f}.safetensors"
+            if dtype is not None:
+                avg = {k: v.to(dtype) if v.is_floating_point() else v for k, v in avg.items()}
             save_tensors(avg, path, metadata={"gamma": repr(gamma), "sigma_rel": repr(sigma_rel),
                                               "images_seen": str(images_seen), "step": str(step)})
             paths.append(path)
@@ -161,7 +165,9 @@ def reconstruct(run_dir: str | Path, sigma_rel: float, at_images: int | None = N
             value = value.to(torch.float64) * float(coef)
             out[name] = value if name not in out else out[name] + value
     reference = load_tensors(usable[-1].path)
-    weights = {k: v.to(reference[k].dtype) for k, v in out.items()}
+    half = (torch.float16, torch.bfloat16)  # snapshots stored in half precision give float32
+    weights = {k: v.to(torch.float32 if reference[k].dtype in half else reference[k].dtype)
+               for k, v in out.items()}
     return weights, {"sigma_rel": sigma_rel, "gamma": gamma, "at_images": t,
                      "profile_error": error, "snapshots": [str(s.path.name) for s in usable],
                      "coefficients": [float(c) for c in x]}
