@@ -1,0 +1,124 @@
+"""The costs of autoguidance and of post-hoc EMA bookkeeping, against baselines in the same run.
+
+* Autoguided sampling: the packaged cascade with a guide network of half the channels (about ¼
+  of the parameters) on every stage, guidance 2.0, against the same cascade unguided, in exact
+  mode. Target: ≤ 1.35× the unguided time.
+* Post-hoc EMA: ``Trainer.train_step`` (which updates the EMAs) with two power-function
+  profiles (σ_rel 0.05, 0.10) against the same step without them, on the study's 64 px relay
+  stage (the snapshot writes, once per ``posthoc_every_images``, are not in it); and the disk
+  of the post-hoc snapshots against that of the checkpoints for the paper's CelebA-HQ relay
+  config (47 Mimg, a checkpoint every 2 Mimg, 5 kept; a checkpoint holds model, EMA, Adam's two
+  moments and the two running averages) with float16 snapshots at every checkpoint (computed
+  from the tensor sizes). Target: ≤ 5 % step time, ≤ 2× disk.
+
+Timings are medians over rounds that run each candidate once in turn. Run on an idle machine:
+``python bench/bench_quality.py [--images 8] [--rounds 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from relaydiff import RelayCascade
+from relaydiff.stage import StageConfig, build_denoiser
+from relaydiff.training.config import load_train_config
+from relaydiff.training.loop import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _medians(candidates: dict, rounds: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {k: [] for k in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def autoguidance(images: int, rounds: int) -> None:
+    plain = RelayCascade.from_pretrained("fluent-emoji-3d-16to64")
+    guided = RelayCascade.from_pretrained("fluent-emoji-3d-16to64")
+    ratios = []
+    for k, cfg in enumerate(guided.configs):
+        small = StageConfig.from_dict(cfg.to_dict())
+        small.network = {**cfg.network,
+                         "model_channels": guided.denoisers[k].model.model_channels // 2}
+        guide = build_denoiser(small).eval()
+        guided.set_guide(k, small, guide)
+        cfg.guidance.kind, cfg.guidance.scale = "auto", 2.0
+        ratios.append(_params(guide) / _params(guided.denoisers[k]))
+    seeds = list(range(images))
+    med = _medians({"unguided": lambda: plain(seeds), "autoguided": lambda: guided(seeds)}, rounds)
+    print(f"autoguidance: {images} images, exact mode, {torch.get_num_threads()} threads, "
+          f"guide/stage parameters {', '.join(f'{r:.2f}' for r in ratios)}")
+    for name, t in med.items():
+        print(f"  {name:<11} {t:7.2f} s  ({t / images:.3f} s/image)")
+    print(f"  ratio autoguided / unguided: {med['autoguided'] / med['unguided']:.3f}  (target ≤ 1.35)")
+
+
+def posthoc(rounds: int, steps: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        data.mkdir()
+        rng = np.random.default_rng(0)
+        for k in range(16):
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(data / f"{k}.png")
+        trainers = {}
+        for name, extra in (("without", []), ("with", ["ema.posthoc_sigma_rels=[0.05, 0.10]",
+                                                        "ema.posthoc_every_images=100000000"])):
+            cfg = load_train_config(ROOT / "configs" / "study" / "emoji64_relay.json",
+                                    [f"data.path={data}", "log.tensorboard=false", *extra])
+            trainers[name] = trainer = Trainer(cfg, Path(tmp) / name)
+            trainer.batches = [next(iter(trainer._loader()))]
+            trainer.train_step(trainer.batches)  # warm-up
+
+        def run(trainer: Trainer) -> None:
+            for _ in range(steps):
+                trainer.train_step(trainer.batches)
+
+        med = _medians({k: (lambda t=t: run(t)) for k, t in trainers.items()}, rounds)
+    n = _params(trainer.denoiser.model)
+    print(f"post-hoc EMA: study relay stage ({n / 1e6:.2f} M parameters), batch {cfg.batch}, "
+          f"{rounds} rounds × {steps} steps")
+    for name, t in med.items():
+        print(f"  {name:<8} {1000 * t / steps:8.1f} ms/step")
+    print(f"  overhead: {100 * (med['with'] / med['without'] - 1):+.1f} %  (target ≤ 5 %)")
+    paper = load_train_config(ROOT / "configs" / "celebahq256_relay.json", ["data.path=unused"])
+    model = build_denoiser(paper.stage).model
+    fp32 = 4 * _params(model)
+    # A checkpoint: model + EMA + Adam's two moments (fp32) + the post-hoc running averages.
+    per_checkpoint = 4 * fp32 + 2 * fp32
+    checkpoints = paper.checkpoint.keep * per_checkpoint
+    times = paper.total_images // paper.checkpoint.every_images
+    snapshots = times * 2 * fp32 // 2  # two profiles, float16
+    print(f"  disk, CelebA-HQ relay config ({_params(model) / 1e6:.0f} M parameters): "
+          f"{paper.checkpoint.keep} checkpoints {checkpoints / 1e9:.1f} GB, {times} × 2 float16 "
+          f"snapshots {snapshots / 1e9:.1f} GB: {snapshots / checkpoints:.2f}×  (target ≤ 2×)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=4)
+    args = parser.parse_args()
+    autoguidance(args.images, args.rounds)
+    posthoc(args.rounds, args.steps)
+
+
+if __name__ == "__main__":
+    main()
