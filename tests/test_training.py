@@ -359,6 +359,18 @@ def test_cascade_build_loads_ema_weights_and_checks_chain(tmp_path, capsys):
     for den, snap in zip(cascade.denoisers, (s1.snapshot, s2.snapshot), strict=True):
         ema = load_file(str(snap / "ema.safetensors"))
         assert all(torch.equal(v, ema[k]) for k, v in den.model.state_dict().items())
+    # --half: float16 files, loaded back as float32 equal to the EMA weights rounded to float16.
+    code, _, err = run_cli("cascade", "build", "--stage", str(s1.snapshot), "--stage",
+                           str(s2.snapshot), "--half", "--out", str(tmp_path / "half"), capsys=capsys)
+    assert code == 0, err
+    half = RelayCascade.from_pretrained(tmp_path / "half")
+    names = json.loads((tmp_path / "half" / "cascade.json").read_text())["stages"]
+    for den, snap, name in zip(half.denoisers, (s1.snapshot, s2.snapshot), names, strict=True):
+        stored = load_file(str(tmp_path / "half" / name / "model.safetensors"))
+        assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
+        ema = load_file(str(snap / "ema.safetensors"))
+        for k, v in den.model.state_dict().items():
+            assert v.dtype == ema[k].dtype and torch.equal(v, ema[k].half().to(v.dtype)), k
     # A 32-px relay stage with scale 4 starts from 8 px: it cannot follow the 16-px stage 1.
     s3 = train(
         make_config(image_folder(tmp_path / "d32", 4, 32), kind="relay", res=32, total_images=4),

@@ -307,11 +307,13 @@ class RelayCascade(nn.Module):
         return den if labels is None else classifier_free_guidance(den, g.scale, **kw)
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write the cascade folder atomically (a temporary sibling folder, then a rename)."""
+    def save_pretrained(self, directory: str | Path, *, dtype: torch.dtype | None = None) -> None:
+        """Write the cascade folder atomically (a temporary sibling folder, then a rename);
+        ``dtype=torch.float16`` stores the weights in half precision (half the size; they are
+        cast back to float32 when loaded)."""
         guides = [(self.guide_configs[k], self.guides[str(k)]) if k in self.guide_configs else None
                   for k in range(len(self.configs))]
-        write_cascade(directory, self.configs, self.denoisers, self.training, guides)
+        write_cascade(directory, self.configs, self.denoisers, self.training, guides, dtype)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, device: torch.device | str = "cpu"

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .io.files import atomic_folder, read_json, write_json
@@ -58,19 +59,20 @@ GUIDE_FOLDER = "guide"
 
 def write_cascade(directory: str | Path, configs: Sequence[StageConfig],
                   denoisers: Sequence[nn.Module], training: Sequence[dict] | None = None,
-                  guides: Sequence[tuple[StageConfig, nn.Module] | None] | None = None) -> None:
+                  guides: Sequence[tuple[StageConfig, nn.Module] | None] | None = None,
+                  dtype: torch.dtype | None = None) -> None:
     """Write a cascade folder atomically; ``training`` is the optional record of how each stage
     was trained (images seen, device-hours, FLOPs per image, device), kept in ``cascade.json``;
     ``guides`` the optional guide network of each stage (autoguidance), kept as a stage folder
-    ``<stage>/guide/``."""
+    ``<stage>/guide/``; ``dtype`` the storage precision of the weights (None: as they are)."""
     guides = list(guides or [None] * len(configs))
     with atomic_folder(directory) as tmp:
         names = []
         for k, (cfg, den, guide) in enumerate(zip(configs, denoisers, guides, strict=True), 1):
             names.append(stage_name(k, cfg))
-            save_stage(tmp / names[-1], cfg, den)
+            save_stage(tmp / names[-1], cfg, den, dtype)
             if guide is not None:
-                save_stage(tmp / names[-1] / GUIDE_FOLDER, *guide)
+                save_stage(tmp / names[-1] / GUIDE_FOLDER, *guide, dtype)
         meta = {"format": CASCADE_FORMAT, "version": 1, "stages": names,
                 "relaydiff_version": __version__}
         if training is not None:

@@ -218,13 +218,18 @@ def load_weights(denoiser: EDMPrecond, weights: Path, where: str) -> None:
         raise ValueError(f"{weights}: weights do not match {where} ({first_line})") from None
 
 
-def save_stage(folder: str | Path, config: StageConfig, denoiser: EDMPrecond) -> None:
+def save_stage(folder: str | Path, config: StageConfig, denoiser: EDMPrecond,
+               dtype: torch.dtype | None = None) -> None:
     """Write ``config.json`` and ``model.safetensors`` into ``folder`` (a folder being built,
-    e.g. inside :func:`relaydiff.io.files.atomic_folder`)."""
+    e.g. inside :func:`relaydiff.io.files.atomic_folder`); floating-point weights stored as
+    ``dtype`` (None: as they are; loading casts them back to the network's precision)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(config.to_dict(), folder / CONFIG_FILE, durable=False)
-    save_tensors(denoiser.model.state_dict(), folder / WEIGHTS_FILE)
+    state = denoiser.model.state_dict()
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    save_tensors(state, folder / WEIGHTS_FILE)
 
 
 def load_stage(folder: str | Path) -> tuple[StageConfig, EDMPrecond]:

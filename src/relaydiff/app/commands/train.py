@@ -107,8 +107,10 @@ def cascade() -> None:
 @click.option("--guidance", "scales", multiple=True, metavar="W|-",
               help="Guidance scale of the stage in the same position (autoguidance where it has a "
                    "guide, classifier-free otherwise); '-' keeps the stage's own.")
+@click.option("--half", is_flag=True,
+              help="Store the weights as float16 (half the size; computed in float32).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Cascade folder.")
-def build(stages, guides, scales, out) -> None:
+def build(stages, guides, scales, half, out) -> None:
     """Write a cascade folder (EMA weights of every stage) that `relaydiff sample` loads.
 
     The k-th --guide and --guidance belong to the k-th --stage.
@@ -135,7 +137,9 @@ def build(stages, guides, scales, out) -> None:
     for k, w in enumerate(parsed):
         if w is not None:
             model.configs[k].guidance.scale = w
-    model.save_pretrained(out)
+    import torch
+
+    model.save_pretrained(out, dtype=torch.float16 if half else None)
     configs = model.configs
     chain = " → ".join(str(c.resolution) for c in configs)
     guided = [f"stage {k + 1} autoguided ×{configs[k].guidance.scale:g}" for k in model.guide_configs]
