@@ -99,10 +99,11 @@ def test_cascade_build_guide_and_sample_upscale_commands(tmp_path):
     data16, data4 = image_folder(tmp_path / "d16", 8, 16), image_folder(tmp_path / "d4", 8, 4)
     import json
 
-    for name, data, kind, res in (("s1", data4, "edm", 4), ("g1", data4, "edm", 4),
-                                  ("s2", data16, "relay", 16)):
+    # The guide: the same stage, trained half as long (a "bad version" of stage 1).
+    for name, data, kind, res, total in (("s1", data4, "edm", 4, 8), ("g1", data4, "edm", 4, 4),
+                                         ("s2", data16, "relay", 16, 8)):
         (tmp_path / f"{name}.json").write_text(json.dumps(config_dict(data, kind=kind, res=res,
-                                                                      total_images=8)))
+                                                                      total_images=total)))
         r = subprocess.run([sys.executable, "-m", "relaydiff", "train", str(tmp_path / f"{name}.json"),
                             "--out", str(tmp_path / name), "--no-progress"],
                            capture_output=True, text=True, timeout=300)
@@ -115,6 +116,21 @@ def test_cascade_build_guide_and_sample_upscale_commands(tmp_path):
     r = subprocess.run([*run, "sample", "--cascade", str(tmp_path / "c"), "--seeds", "0-1", "--out",
                         str(tmp_path / "s")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+    # A guidance interval above every σ of the sampler guides nothing: the unguided pixels.
+    for name, extra in (("plain", ["--guidance", "1"]), ("above", ["--guidance-interval", "100:200"]),
+                        ("mid", ["--guidance-interval", "0.5:2"])):
+        r = subprocess.run([*run, "sample", "--cascade", str(tmp_path / "c"), "--seeds", "0-1",
+                            "--out", str(tmp_path / name), *extra], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+    pixels = {name: np.asarray(Image.open(tmp_path / name / "000000" / "000000.png"))
+              for name in ("s", "plain", "above", "mid")}
+    assert np.array_equal(pixels["above"], pixels["plain"])
+    assert not np.array_equal(pixels["s"], pixels["plain"])
+    assert not np.array_equal(pixels["mid"], pixels["s"])
+    r = subprocess.run([*run, "sample", "--cascade", str(tmp_path / "c"), "--out", str(tmp_path / "x"),
+                        "--guidance-interval", "5:1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--guidance-interval" in r.stderr and not (tmp_path / "x").exists()
     (tmp_path / "in").mkdir()
     Image.fromarray(np.full((4, 4, 3), 100, np.uint8)).save(tmp_path / "in" / "a.png")
     r = subprocess.run([*run, "upscale", "--cascade", str(tmp_path / "c"), "--input", str(tmp_path / "in"),

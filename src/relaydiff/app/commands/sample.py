@@ -51,8 +51,23 @@ def _load_cascade(cascade: str | None, toy: bool, device):
     return RelayCascade.from_pretrained(cascade, device=device)
 
 
-def _apply_overrides(cascade, steps, relay_steps, guidance, eta) -> None:
+def _parse_interval(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give LO:HI, e.g. 0.3:5",
+                                 param_hint="--guidance-interval") from None
+    if not 0 <= lo < hi:
+        raise click.BadParameter(f"{text!r}: need 0 ≤ LO < HI", param_hint="--guidance-interval")
+    return lo, hi
+
+
+def _apply_overrides(cascade, steps, relay_steps, guidance, eta, interval=None) -> None:
     for cfg in cascade.configs:
+        if interval is not None:
+            cfg.guidance.interval = interval
         if cfg.kind in ("edm", "sr") and steps is not None:
             cfg.edm_sampler.steps = steps
         if cfg.kind == "relay" and relay_steps is not None:
@@ -92,10 +107,14 @@ _with_common = with_options(common)
 @click.option("--relay-steps", type=click.IntRange(min=2), default=None,
               help="Relay stages' Karras grid size (before truncation).")
 @click.option("--eta", type=click.FloatRange(0, 1), default=None, help="Relay stochasticity η.")
-@click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale.")
+@click.option("--guidance", type=float, default=None,
+              help="Guidance scale of every stage (classifier-free, or autoguidance where the "
+                   "stage has a guide network).")
+@click.option("--guidance-interval", metavar="LO:HI", default=None,
+              help="Guide only for σ in [LO, HI] (Kynkäänniemi et al. 2024), every stage.")
 @click.option("--all-stages", is_flag=True, help="Also write every lower stage's images.")
 def sample(cascade, toy, out, batch, device, fast, seeds, class_idx, balanced, steps, relay_steps, eta,
-           guidance, all_stages) -> None:
+           guidance, guidance_interval, all_stages) -> None:
     """Generate one PNG per seed (resumable: seeds already written are skipped, damaged files
     are written again).
 
@@ -104,6 +123,7 @@ def sample(cascade, toy, out, batch, device, fast, seeds, class_idx, balanced, s
     if class_idx is not None and balanced:
         raise click.UsageError("use either --class or --balanced, not both")
     seed_list = parse_seeds(seeds)
+    interval = _parse_interval(guidance_interval)
     check_out(out)
     from ...io.distributed import init_world
     from ..generate import write_samples, write_summary
@@ -112,7 +132,7 @@ def sample(cascade, toy, out, batch, device, fast, seeds, class_idx, balanced, s
     model = _load_cascade(cascade, toy, world.device)
     if model.num_classes == 0 and (class_idx is not None or balanced):
         raise click.UsageError("--class/--balanced: this cascade is unconditional")
-    _apply_overrides(model, steps, relay_steps, guidance, eta)
+    _apply_overrides(model, steps, relay_steps, guidance, eta, interval)
     new = write_samples(model, seed_list, out, batch=batch, class_idx=class_idx,
                         balanced=balanced, all_stages=all_stages, rank=world.rank, world=world.size,
                         batch_invariant=not fast)
