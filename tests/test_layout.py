@@ -153,3 +153,20 @@ def test_the_rules_see_a_violation(tmp_path):
         fake.unlink()
         MODULES.pop("fake_module")
     assert under("data.datasets", "data") and not under("database", "data")
+
+
+def test_every_docs_citation_in_the_code_names_a_page_and_section_that_exist():
+    """Docstrings cite ``docs/<page>.md §n``; each page must ship and each section be a heading."""
+    import re
+
+    docs = ROOT.parents[1] / "docs"
+    cited = 0
+    for path in ROOT.rglob("*.py"):
+        for page, section in re.findall(r"docs/([\w.-]+\.md)(?: §(\d+(?:\.\d+)?))?", path.read_text()):
+            assert (docs / page).is_file(), f"{path.name} cites docs/{page}, which does not exist"
+            if section:
+                heads = re.findall(r"^#+ (\d+(?:\.\d+)?)\.? ", (docs / page).read_text(), re.M)
+                assert section in heads, f"{path.name} cites docs/{page} §{section}: no such section"
+            cited += 1
+    assert cited > 20  # the rule must see the citations
+    assert "DESIGN" not in "".join(p.read_text() for p in ROOT.rglob("*.py"))
