@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from training_helpers import image_folder
 
 from relaydiff import RelayCascade
 from relaydiff.stage import StageConfig, build_denoiser
@@ -72,11 +74,7 @@ def autoguidance(images: int, rounds: int) -> None:
 
 def posthoc(rounds: int, steps: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
-        data.mkdir()
-        rng = np.random.default_rng(0)
-        for k in range(16):
-            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(data / f"{k}.png")
+        data = image_folder(Path(tmp) / "data", 16, 64)
         trainers = {}
         for name, extra in (("without", []), ("with", ["ema.posthoc_sigma_rels=[0.05, 0.10]",
                                                         "ema.posthoc_every_images=100000000"])):

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from training_helpers import image_folder
 
 from relaydiff.training.config import load_train_config
 from relaydiff.training.loop import Trainer
@@ -32,11 +34,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
-        data.mkdir()
-        rng = np.random.default_rng(0)
-        for k in range(32):
-            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(data / f"{k}.png")
+        data = image_folder(Path(tmp) / "data", 32, 64)
         trainers = {}
         for kind in ("relay", "sr", "edm"):
             cfg = load_train_config(ROOT / "configs" / "study" / f"emoji64_{kind}.json",

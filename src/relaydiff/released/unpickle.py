@@ -184,7 +184,7 @@ def read_checkpoint(path: str | Path) -> Any:
     if not path.is_file():
         raise ValueError(f"{path}: file not found")
     try:
-        if zipfile.is_zipfile(path):
+        if zipfile.is_zipfile(path):  # every global goes through RestrictedUnpickler
             return torch.load(path, map_location="cpu", weights_only=False, mmap=True,
                               pickle_module=restricted_pickle)
         with open(path, "rb") as f:
