@@ -3,6 +3,7 @@ traceback, checks before any compute, and nothing of the user's overwritten or l
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -16,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors import SafetensorError
 from training_helpers import config_dict, image_folder, make_config
 
 from relaydiff.app.cli import main
@@ -119,10 +119,9 @@ def test_disk_full_while_checkpointing_keeps_the_earlier_checkpoints(data16, tmp
     before = [p.name for p in list_snapshots(run_dir / "checkpoints")]
 
     def full(*args, **kwargs):
-        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
-                              'message: "No space left on device" })')
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("relaydiff.io.tensors.save_file", full)
+    monkeypatch.setattr("relaydiff.io.tensors._write_file", full)
     code, _, err = run_cli("train", str(cfg), "--out", str(run_dir), "--resume", "auto",
                            "--set", "total_images=32", "--no-progress", capsys=capsys)
     assert code == 2 and "no space left on the device" in err and err.count("\n") == 1

@@ -81,6 +81,52 @@ def test_results_and_every_figure(finished):
     assert (finished / "runs" / "relay-s0" / "eval" / "artifacts.png").is_file()
 
 
+def _inodes(folder: Path) -> set[int]:
+    return {p.stat().st_ino for p in folder.glob("*/*.png")}  # the seed files, not grid.png
+
+
+def test_settings_that_repeat_the_main_set_reuse_its_samples(finished):
+    """The NFE point at the stage's own steps and the compute point of the evaluated snapshot
+    are the first images of the held-out SR set: linked, not sampled again, same FID."""
+    results = json.loads((finished / "results.json").read_text())
+    relay = next(v for v in results["variants"] if v["name"] == "relay")
+    own = relay["config"]["stage"]["relay_sampler"]["steps"]
+    ev = finished / "runs" / "relay-s0" / "eval"
+    point = next(p for p in relay["nfe_curve"] if p["steps"] == own)
+    last = relay["compute_curve"][-1]
+    assert point["fid"] == last["fid"] == relay["sr_heldout"]["fid"]  # 4 = curve_samples images
+    assert _inodes(ev / f"steps_{own}") == _inodes(ev / f"at_{last['images']}") == _inodes(
+        ev / "sr_heldout")
+    other = next(p for p in relay["nfe_curve"] if p["steps"] != own)
+    assert not _inodes(ev / f"steps_{other['steps']}") & _inodes(ev / "sr_heldout")
+    parts = relay["timing"]["eval_seconds_by_part"]
+    assert {"cascade", "sr_heldout", "sr_train", "artifacts", "nfe_curve",
+            "compute_curve"} <= parts.keys()
+    assert sum(parts.values()) <= relay["timing"]["eval_seconds"]
+
+
+def test_no_stage1_evaluates_the_higher_stages_without_one(study_config, tmp_path):
+    study = json.loads(study_config.read_text())
+    study["variants"] = [v for v in study["variants"] if v["name"] in ("relay", "e2e")]
+    study["eval"]["edm_steps"] = [2, 4]  # 4: the end-to-end stage's own steps
+    config = study_config.parent / "no-stage1.json"
+    config.write_text(json.dumps(study))
+    out = tmp_path / "s"
+    r = run("study", str(config), "--out", str(out), "--no-stage1", "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not (out / "stage1").exists() and not (out / "eval" / "stage1_samples").exists()
+    results = json.loads((out / "results.json").read_text())
+    by = {v["name"]: v for v in results["variants"]}
+    assert "cascade" not in by["relay"] and by["relay"]["sr_heldout"]["n_images"] == 4
+    assert by["e2e"]["cascade"]["n_images"] == 4 and results["stage1"] is None
+    e2e = by["e2e"]
+    assert e2e["nfe_curve"][-1]["fid"] == e2e["compute_curve"][-1]["fid"] == e2e["cascade"]["fid"]
+    ev = out / "runs" / "e2e-s0" / "eval"
+    assert _inodes(ev / "steps_4") == _inodes(ev / "cascade")
+    table = (out / "table.md").read_text()
+    assert "| relay (main) |" in table and (out / "figures" / "grids.png").is_file()
+
+
 def test_table_values_come_from_the_summary(finished):
     results = json.loads((finished / "results.json").read_text())
     table = (finished / "table.md").read_text().splitlines()

@@ -13,6 +13,7 @@ Equations: docs/method.md §1 (stage 1) and §2 (relay stages).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from .config import from_dict, to_dict
 from .io.files import read_json, write_json
 from .io.tensors import load_tensors, save_tensors
 from .networks import build_network
+from .networks.unet import uninitialized
 from .ops import check_variant
 from .precond import EDMPrecond
 from .schedules import RelaySchedule
@@ -201,9 +203,11 @@ class StageConfig:
         return to_dict(self)
 
 
-def build_denoiser(config: StageConfig) -> EDMPrecond:
-    """The preconditioned denoiser of a stage with freshly initialised weights."""
-    net = build_network(config.network_config())
+def build_denoiser(config: StageConfig, *, initialize: bool = True) -> EDMPrecond:
+    """The preconditioned denoiser of a stage with freshly initialised weights
+    (``initialize=False``: uninitialised, for weights loaded right after)."""
+    with contextlib.nullcontext() if initialize else uninitialized():
+        net = build_network(config.network_config())
     return EDMPrecond(net, sigma_data=config.sigma_data, label_dim=config.label_dim)
 
 
@@ -237,7 +241,7 @@ def load_stage(folder: str | Path) -> tuple[StageConfig, EDMPrecond]:
     folder = Path(folder)
     where = folder / CONFIG_FILE
     config = StageConfig.from_dict(read_json(where), str(where))
-    denoiser = build_denoiser(config)
+    denoiser = build_denoiser(config, initialize=False)
     load_weights(denoiser, folder / WEIGHTS_FILE, f"{folder.name}/{CONFIG_FILE}")
     return config, denoiser.eval()
 

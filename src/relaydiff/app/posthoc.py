@@ -30,7 +30,7 @@ def _stage_and_data(run: Path) -> tuple[StageConfig, TrainConfig]:
 
 
 def _denoiser(stage: StageConfig, weights: dict[str, torch.Tensor]):
-    den = build_denoiser(stage)
+    den = build_denoiser(stage, initialize=False)
     den.model.load_state_dict(weights, strict=True)
     return den.eval()
 

@@ -10,6 +10,7 @@ Layout of ``OUT``::
     OUT/data/{train,heldout}/        the held-out split of the data set (relaydiff.data.split)
     OUT/stage1/                      the shared stage-1 training run
     OUT/eval/stage1_samples/         its samples, relayed by every variant (cascade FID)
+    OUT/eval/stage1.json             its record in results.json (run, cost, config, samples)
     OUT/eval/floors.json             split-half FID and the up(down(x)) floor
     OUT/runs/<variant>-s<seed>/      one training run per variant and seed
     OUT/runs/<variant>-s<seed>/result.json   its evaluation (written last: the variant is done)
@@ -18,6 +19,8 @@ Layout of ``OUT``::
 Every step is resumable: a killed study continues where it stopped, a finished variant (its
 ``result.json``) is never trained or evaluated again. ``--variants`` runs a subset, so that
 several processes can share one study; a lock file keeps two from training the same run.
+``stage1=False`` (``--no-stage1``) evaluates the higher stages without a stage 1: SR-FID, the
+curves and artifact correction, no cascade FID (an end-to-end variant samples on its own).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -229,10 +233,25 @@ def _metrics_row(res: dict) -> dict:
     return {k: res[k] for k in keep if k in res} | {"reference": res["reference"]}
 
 
+def _link_samples(src: Path, dst: Path, seeds: range) -> None:
+    """Hard-link (or copy) the sample files of ``seeds`` from folder ``src`` into ``dst``."""
+    from ..io.sample_folder import seed_path
+
+    for seed in seeds:
+        a, b = seed_path(src, seed), seed_path(dst, seed)
+        if b.exists() or not a.is_file():
+            continue
+        b.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copyfile(a, b)
+
+
 # ---------------------------------------------------------------------------- the study
 class Study:
     def __init__(self, config_path: str | Path, out: str | Path, *, only: list[str] | None = None,
-                 progress: bool = True, train_only: bool = False) -> None:
+                 progress: bool = True, train_only: bool = False, stage1: bool = True) -> None:
         self.config, self.base = load_study(config_path)
         self.config_path = Path(config_path)
         self.out = Path(out)
@@ -244,6 +263,7 @@ class Study:
                                  f"{', '.join(known)})")
         self.only = only
         self.train_only = train_only
+        self.use_stage1 = stage1
         self.log = _Log(self.out)
         self._inception = None
         self.world: World | None = None
@@ -284,7 +304,7 @@ class Study:
         """The variant's training config with ``total_images`` from the budget."""
         cfg = self._variant_config(v, seed, 1)
         stage = cfg.stage
-        fpi = flops_per_image(build_denoiser(stage), make_loss(cfg),
+        fpi = flops_per_image(build_denoiser(stage, initialize=False), make_loss(cfg),
                               (stage.channels, stage.resolution, stage.resolution), stage.label_dim)
         b = self.config.budget
         if b.kind == "flops":
@@ -307,7 +327,8 @@ class Study:
             for v, seed in chosen:
                 self._variant(v, seed, evaluate=False)
             return self.out / "runs"
-        self._stage1()
+        if self.use_stage1:
+            self._stage1()
         self._shared_eval()
         for v, seed in chosen:
             self._variant(v, seed)
@@ -394,21 +415,31 @@ class Study:
         self.train_pick = np.random.default_rng(self.config.data.split_seed + 1).permutation(
             train_n)[:self.n_sr].tolist()
         write_images(data_images(self.train_root, self.train_pick, res), self.refs["train"])
-        stage1 = cascade_from_snapshots([self.out / "stage1"])
-        wanted = self._stage1_config().stage  # the study's sampler settings, not the snapshot's
-        stage1.configs[0].edm_sampler, stage1.configs[0].guidance = wanted.edm_sampler, wanted.guidance
         self.stage1_samples = ev / "stage1_samples"
-        self.log(f"stage 1 samples: {self.n} seeds")
-        self._write_samples(stage1, self.n, self.stage1_samples)
+        if self.use_stage1:
+            self._stage1_samples(ev)
         floors_file = ev / "floors.json"
         if not floors_file.is_file():
             self.log("floors: split-half FID and up(down(x)) of the held-out images")
-            scale = res // stage1.resolutions[0]
+            scale = res // self._stage1_config().stage.resolution
             write_round_trip(self.heldout_root, ev / "floor_up_down", self.n_sr, scale)
             floors = {"n": self.n_sr,
                       "split_half": self._eval(self.refs["train"], self.refs["heldout"]),
                       "up_down_heldout": self._eval(ev / "floor_up_down", self.refs["heldout"])}
             write_json(finite_or_none(floors), floors_file)
+
+    def _stage1_samples(self, ev: Path) -> None:
+        """Seeds ``0..n-1`` of stage 1 with the study's sampler settings, and its record."""
+        stage1 = cascade_from_snapshots([self.out / "stage1"])
+        wanted = self._stage1_config().stage  # the study's sampler settings, not the snapshot's
+        stage1.configs[0].edm_sampler, stage1.configs[0].guidance = wanted.edm_sampler, wanted.guidance
+        self.log(f"stage 1 samples: {self.n} seeds")
+        self._write_samples(stage1, self.n, self.stage1_samples)
+        s1 = newest_state(self.out / "stage1")
+        if self.world.is_main and s1 is not None:
+            write_json(finite_or_none({"run": str(self.out / "stage1"), "cost": s1["cost"],
+                                       "config": s1["config"], "samples": self.n}),
+                       ev / "stage1.json")
 
     def _write_samples(self, cascade: RelayCascade, n: int, folder: Path) -> None:
         """Seeds ``0..n-1`` of ``cascade`` into a sample folder, shared out over torchrun ranks."""
@@ -474,7 +505,7 @@ class Study:
             if not evaluate:
                 return
             t1 = time.perf_counter()
-            result = self._evaluate_variant(v, seed, cfg, run_dir)
+            result, parts = self._evaluate_variant(v, seed, cfg, run_dir)
             t_eval = time.perf_counter() - t1
             result.update({
                 "name": v.name, "seed": seed, "main": v.main, "kind": cfg.stage.kind,
@@ -482,6 +513,7 @@ class Study:
                                                     "flops": cost["images_seen"] * budget[
                                                         "flops_per_image"]},
                 "cost": cost, "timing": {"train_seconds": t_train, "eval_seconds": t_eval,
+                                         "eval_seconds_by_part": parts,
                                          "this_session_train_seconds": t1 - t0},
                 "relaydiff_version": __version__,
             })
@@ -489,74 +521,111 @@ class Study:
             self.log(f"{v.name} seed {seed}: done (eval {t_eval / 60:.1f} min, "
                      f"training {t_train / 60:.1f} min)")
 
-    def _evaluate_variant(self, v: StudyVariant, seed: int, cfg: TrainConfig, run_dir: Path) -> dict:
+    def _evaluate_variant(self, v: StudyVariant, seed: int, cfg: TrainConfig,
+                          run_dir: Path) -> tuple[dict, dict[str, float]]:
+        """The variant's metrics, and the seconds each part of the evaluation took."""
         ev = run_dir / "eval"
-        stage_cfg, den, _ = load_stage_source(run_dir)
+        stage_cfg, den, source = load_stage_source(run_dir)
         e = self.config.eval
         result: dict = {"nfe": stage_nfe(stage_cfg)}
+        parts: dict[str, float] = {}  # seconds per part of the evaluation
+
+        @contextlib.contextmanager
+        def part(name: str) -> Iterator[None]:
+            t = time.perf_counter()
+            yield
+            parts[name] = parts.get(name, 0.0) + time.perf_counter() - t
+
+        cascade = RelayCascade([stage_cfg], [den])
         if stage_cfg.kind == "edm":  # end to end at the target resolution
-            self._write_samples(RelayCascade([stage_cfg], [den]), self.n, ev / "cascade")
-            result["cascade"] = self._eval(ev / "cascade", self.refs["all"])
+            with part("cascade"):
+                self._write_samples(cascade, self.n, ev / "cascade")
+                result["cascade"] = self._eval(ev / "cascade", self.refs["all"])
+            final = ev / "cascade"  # seeds 0…: the first curve_samples are the curves' sets
         else:
-            cascade = RelayCascade([stage_cfg], [den])
-            self.log(f"  {v.name}: cascade ({self.n}), SR held-out and training ({self.n_sr} each)")
-            self._upscale(cascade, self._stage1_low(), 0, ev / "cascade")
-            result["cascade"] = self._eval(ev / "cascade", self.refs["all"])
-            self._upscale(cascade, self._low("heldout"), HELDOUT_SEED0, ev / "sr_heldout")
-            result["sr_heldout"] = self._eval(ev / "sr_heldout", self.refs["heldout"])
-            self._upscale(cascade, self._low("train"), TRAIN_SEED0, ev / "sr_train")
-            result["sr_train"] = self._eval(ev / "sr_train", self.refs["train"])
+            sets = "SR held-out and training" + (", cascade" if self.use_stage1 else "")
+            self.log(f"  {v.name}: {sets} ({self.n_sr} each)")
+            if self.use_stage1:
+                with part("cascade"):
+                    self._upscale(cascade, self._stage1_low(), 0, ev / "cascade")
+                    result["cascade"] = self._eval(ev / "cascade", self.refs["all"])
+            with part("sr_heldout"):
+                self._upscale(cascade, self._low("heldout"), HELDOUT_SEED0, ev / "sr_heldout")
+                result["sr_heldout"] = self._eval(ev / "sr_heldout", self.refs["heldout"])
+            with part("sr_train"):
+                self._upscale(cascade, self._low("train"), TRAIN_SEED0, ev / "sr_train")
+                result["sr_train"] = self._eval(ev / "sr_train", self.refs["train"])
+            final = ev / "sr_heldout"
             if v.sample_levels:
                 result["sample_levels"] = []
-                for level in v.sample_levels:
-                    stage_cfg.sr.sample_level = level
-                    folder = self._upscale(cascade, self._low("heldout")[:e.curve_samples],
-                                           HELDOUT_SEED0, ev / f"level_{level:g}")
-                    result["sample_levels"].append({"level": level, **self._eval(
-                        folder, self.refs["heldout"], ["fid", "kid"])})
+                with part("sample_levels"):
+                    for level in v.sample_levels:
+                        stage_cfg.sr.sample_level = level
+                        folder = self._upscale(cascade, self._low("heldout")[:e.curve_samples],
+                                               HELDOUT_SEED0, ev / f"level_{level:g}")
+                        result["sample_levels"].append({"level": level, **self._eval(
+                            folder, self.refs["heldout"], ["fid", "kid"])})
                 stage_cfg.sr.sample_level = cfg.stage.sr.sample_level
-            low = self._low("heldout")[:ARTIFACT_IMAGES]
-            seeds = [HELDOUT_SEED0 + k for k in range(low.shape[0])]
-            rows, columns = artifact_correction(
-                {v.name: lambda x: cascade(seeds, low_res=x.float())[-1]}, low, stage_cfg.scale)
-            result["artifact_correction"] = rows
-            shown = range(min(GRID_IMAGES, low.shape[0]))
-            grid = image_grid(to_uint8(torch.stack([c[k] for k in shown for c in columns])),
-                              columns=len(columns))
-            save_png(grid, ev / "artifacts.png")
-        result["nfe_curve"] = self._nfe_curve(stage_cfg, den, ev)
-        result["compute_curve"] = self._compute_curve(stage_cfg, run_dir, ev)
-        return result
+            with part("artifacts"):
+                result["artifact_correction"] = self._artifacts(v.name, stage_cfg, cascade, ev)
+        with part("nfe_curve"):
+            result["nfe_curve"] = self._nfe_curve(stage_cfg, den, ev, final)
+        with part("compute_curve"):
+            result["compute_curve"] = self._compute_curve(run_dir, ev, final, source["source"])
+        return result, parts
 
-    def _quick_fid(self, stage_cfg: StageConfig, den, folder: Path) -> dict:
+    def _artifacts(self, name: str, stage_cfg: StageConfig, cascade: RelayCascade,
+                   ev: Path) -> list[dict]:
+        """Artifact correction of the first held-out images, and their grid ``artifacts.png``."""
+        low = self._low("heldout")[:ARTIFACT_IMAGES]
+        seeds = [HELDOUT_SEED0 + k for k in range(low.shape[0])]
+        rows, columns = artifact_correction(
+            {name: lambda x: cascade(seeds, low_res=x.float())[-1]}, low, stage_cfg.scale)
+        shown = range(min(GRID_IMAGES, low.shape[0]))
+        grid = image_grid(to_uint8(torch.stack([c[k] for k in shown for c in columns])),
+                          columns=len(columns))
+        save_png(grid, ev / "artifacts.png")
+        return rows
+
+    def _quick_fid(self, stage_cfg: StageConfig, den, folder: Path, same_as: Path | None) -> dict:
         """FID and KID of ``curve_samples`` images: held-out SR for higher stages, samples
-        against all data for an end-to-end stage."""
+        against all data for an end-to-end stage. ``same_as``: a sample folder this setting
+        already filled with the same seeds, whose first images are used instead of sampling."""
         n = self.config.eval.curve_samples
+        edm = stage_cfg.kind == "edm"
+        seeds = range(n) if edm else range(HELDOUT_SEED0, HELDOUT_SEED0 + n)
+        if same_as is not None and self.world.is_main:
+            _link_samples(same_as, folder, seeds)
+        self.world.barrier()
         cascade = RelayCascade([stage_cfg], [den])
-        if stage_cfg.kind == "edm":
+        if edm:
             self._write_samples(cascade, n, folder)
             return self._eval(folder, self.refs["all"], ["fid", "kid"])
         self._upscale(cascade, self._low("heldout")[:n], HELDOUT_SEED0, folder)
         return self._eval(folder, self.refs["heldout"], ["fid", "kid"])
 
-    def _nfe_curve(self, stage_cfg: StageConfig, den, ev: Path) -> list[dict]:
+    def _nfe_curve(self, stage_cfg: StageConfig, den, ev: Path, final: Path) -> list[dict]:
         e = self.config.eval
         steps_list = e.relay_steps if stage_cfg.kind == "relay" else e.edm_steps
+        own = (stage_cfg.relay_sampler if stage_cfg.kind == "relay" else stage_cfg.edm_sampler).steps
         rows = []
         for steps in steps_list:
             cfg = StageConfig.from_dict(stage_cfg.to_dict())
             _set_steps(cfg, steps)
             rows.append({"steps": steps, "nfe": stage_nfe(cfg),
-                         **self._quick_fid(cfg, den, ev / f"steps_{steps}")})
+                         **self._quick_fid(cfg, den, ev / f"steps_{steps}",
+                                           final if steps == own else None)})
         return rows
 
-    def _compute_curve(self, stage_cfg: StageConfig, run_dir: Path, ev: Path) -> list[dict]:
+    def _compute_curve(self, run_dir: Path, ev: Path, final: Path, evaluated: str) -> list[dict]:
+        """FID at each kept snapshot; the ``evaluated`` one reuses the first samples of ``final``."""
         rows = []
         for snap in list_snapshots(run_dir / "checkpoints"):
             cfg, den, record = load_stage_source(snap)
             images = record["images_seen"]
             rows.append({"images": images, "flops": images * record["flops_per_image"],
-                         **self._quick_fid(cfg, den, ev / f"at_{images}")})
+                         **self._quick_fid(cfg, den, ev / f"at_{images}",
+                                           final if str(snap) == evaluated else None)})
         return rows
 
     # -- the aggregate -------------------------------------------------------------------
@@ -568,7 +637,7 @@ class Study:
                 if f.is_file():
                     results.append(read_json(f))
         floors = read_json(self.out / "eval" / "floors.json")
-        s1 = newest_state(self.out / "stage1")
+        s1_file = self.out / "eval" / "stage1.json"
         summary = summarize(results, floors)
         out = {
             "relaydiff_version": __version__,
@@ -577,8 +646,7 @@ class Study:
             "data": {"root": str(self.data_root), "train": str(self.train_root),
                      "heldout": str(self.heldout_root), "heldout_images": self.n_sr,
                      "split_seed": self.config.data.split_seed},
-            "stage1": {"run": str(self.out / "stage1"), "cost": s1["cost"] if s1 else None,
-                       "config": s1["config"] if s1 else None, "samples": self.n},
+            "stage1": read_json(s1_file) if s1_file.is_file() else None,
             "metric_references": {k: str(p) for k, p in self.refs.items()},
             "floors": floors,
             "variants": results,
@@ -712,10 +780,13 @@ def figures(results: dict, folder: Path, out: Path) -> None:
     first = {}
     for r in runs:
         first.setdefault(r["name"], r)
-    for r in first.values():
+    for r in first.values():  # variants without cascade samples here (--no-stage1) are left out
         run = out / "runs" / f"{r['name']}-s{r['seed']}" / "eval" / "cascade"
-        tiles = [load_image(seed_path(run, s)) for s in range(min(GRID_IMAGES, results["stage1"]["samples"]))]
-        rows.append(np.concatenate(tiles, axis=1))
+        paths = [seed_path(run, s)
+                 for s in range(min(GRID_IMAGES, results["study_config"]["eval"]["samples"]))]
+        if not all(p.is_file() for p in paths):
+            continue
+        rows.append(np.concatenate([load_image(p) for p in paths], axis=1))
         labels.append(r["name"])
     if rows:
         fig, ax = plt.subplots(figsize=(8, 1.1 * len(rows) + 0.5), dpi=120)

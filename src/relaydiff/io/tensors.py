@@ -1,34 +1,68 @@
 """safetensors files: every tensor file relaydiff writes or reads, with errors that name the file.
 
-A failed write (a full disk, a folder that vanished) raises ``OSError`` naming the file; a
-missing, truncated or foreign file raises ``ValueError`` naming it. Nothing here pickles.
+Writing streams each tensor's bytes straight into the file (the format: an 8-byte little-endian
+header length, a JSON header of dtype, shape and byte offsets per tensor, then the raw bytes;
+https://github.com/huggingface/safetensors), so a write holds no second copy of the weights in
+memory. Reading uses the safetensors library. A failed write (a full disk, a folder that
+vanished) raises ``OSError`` naming the file; a missing, truncated or foreign file raises
+``ValueError`` naming it. Nothing here pickles.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
+import sys
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+          torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+          torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+def _header(state: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> bytes:
+    """The length-prefixed JSON header, padded with spaces to a multiple of 8 bytes."""
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name, t in state.items():
+        if t.dtype not in DTYPES:
+            raise ValueError(f"tensor {name!r}: dtype {t.dtype} cannot be stored in safetensors")
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text
+
+
+def _write_file(path: Path, header: bytes, state: dict[str, torch.Tensor]) -> None:
+    with open(path, "wb") as f:
+        f.write(header)
+        for t in state.values():
+            if t.numel():
+                f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path,
                  metadata: dict[str, str] | None = None) -> None:
     """Write ``tensors`` (moved to contiguous CPU memory) to a safetensors file at ``path``,
     with optional string ``metadata``."""
-    state = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    assert sys.byteorder == "little", "safetensors stores little-endian bytes"
+    state = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")  # a complete file or none: written, then renamed
     try:
-        save_file(state, str(tmp), metadata=metadata)
+        _write_file(tmp, _header(state, metadata), state)
         os.replace(tmp, path)
-    except (SafetensorError, OSError) as e:
+    except OSError as e:
         tmp.unlink(missing_ok=True)
-        reason = str(e)
-        if "StorageFull" in reason or "No space" in reason:
-            reason = "no space left on the device"
+        reason = "no space left on the device" if e.errno == errno.ENOSPC else str(e)
         raise OSError(f"{path}: could not write ({reason})") from None
 
 

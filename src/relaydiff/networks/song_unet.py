@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import register
-from .unet import SONG_ATTN, SONG_INIT, SONG_ZERO, Conv2d, UNetBlock, _linear, group_norm
+from .unet import SONG_ATTN, SONG_INIT, SONG_ZERO, Conv2d, UNetBlock, _linear, group_norm, skipping_init
 
 
 class PositionalEmbedding(nn.Module):
@@ -50,7 +50,8 @@ class FourierEmbedding(nn.Module):
 
     def __init__(self, num_channels: int, scale: float = 16):
         super().__init__()
-        self.register_buffer("freqs", torch.randn(num_channels // 2) * scale)
+        freqs = torch.empty(num_channels // 2) if skipping_init() else torch.randn(num_channels // 2)
+        self.register_buffer("freqs", freqs * scale)
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
         angles = torch.outer(c, (2 * math.pi * self.freqs).to(c.dtype))

@@ -13,8 +13,10 @@ Raw network ``F(x, c_noise, labels)`` of docs/method.md §1.1: ``x`` is the prec
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +26,25 @@ from torch.utils.checkpoint import checkpoint
 
 from . import register
 from .presets import UNET_PRESETS
+
+_SKIP_INIT = contextvars.ContextVar("relaydiff_skip_init", default=False)
+
+
+@contextlib.contextmanager
+def uninitialized() -> Iterator[None]:
+    """Build networks with uninitialised weights (``torch.empty``, no random draws) inside the
+    block: for networks whose weights are loaded right after (a stage folder, a converted
+    checkpoint), where drawing and writing initial values would be wasted time."""
+    token = _SKIP_INIT.set(True)
+    try:
+        yield
+    finally:
+        _SKIP_INIT.reset(token)
+
+
+def skipping_init() -> bool:
+    """Whether networks are being built inside :func:`uninitialized`."""
+    return _SKIP_INIT.get()
 
 
 @dataclass(frozen=True)
@@ -37,6 +58,8 @@ class Init:
 
     def apply(self, weight: torch.Tensor, bias: torch.Tensor | None, fan_in: int,
               fan_out: int) -> None:
+        if skipping_init():
+            return
         with torch.no_grad():
             if self.scale == 0:  # no random draws, so the other layers' draws do not move
                 weight.zero_()
@@ -60,6 +83,12 @@ SONG_INIT, SONG_ZERO, SONG_ATTN = Init("xavier"), Init("xavier", 1e-5), Init("xa
 
 def _linear(in_features: int, out_features: int, *, bias: bool = True,
             init: Init = ADM_INIT) -> nn.Linear:
+    if skipping_init():  # shapes from a meta-device layer, storage left uninitialised
+        layer = nn.Linear(in_features, out_features, bias=bias, device="meta")
+        layer.weight = nn.Parameter(torch.empty(layer.weight.shape))
+        if bias:
+            layer.bias = nn.Parameter(torch.empty(layer.bias.shape))
+        return layer
     layer = nn.Linear(in_features, out_features, bias=bias)
     init.apply(layer.weight, layer.bias, in_features, out_features)
     return layer
@@ -105,8 +134,9 @@ class Conv2d(nn.Module):
         self.up, self.down, self.fused_resample = up, down, fused_resample
         self.padding = kernel // 2
         if kernel:
-            self.weight = nn.Parameter(torch.zeros(out_channels, in_channels, kernel, kernel))
-            self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+            new = torch.empty if skipping_init() else torch.zeros
+            self.weight = nn.Parameter(new(out_channels, in_channels, kernel, kernel))
+            self.bias = nn.Parameter(new(out_channels)) if bias else None
             init.apply(self.weight, self.bias, in_channels * kernel * kernel,
                        out_channels * kernel * kernel)
         else:
@@ -295,16 +325,16 @@ class UNet(nn.Module):
 
         # Mapping: noise level (and labels) to the embedding vector.
         self.map_augment = _linear(augment_dim, model_channels, bias=False) if augment_dim else None
-        if self.map_augment is not None:
+        if self.map_augment is not None and not skipping_init():
             nn.init.zeros_(self.map_augment.weight)
         # A super-resolution stage's conditioning noise level, embedded like the noise level.
         self.map_cond_level = _linear(model_channels, model_channels, bias=False) if cond_level else None
-        if self.map_cond_level is not None:
+        if self.map_cond_level is not None and not skipping_init():
             nn.init.zeros_(self.map_cond_level.weight)
         self.map_layer0 = _linear(model_channels, emb_channels)
         self.map_layer1 = _linear(emb_channels, emb_channels)
         self.map_label = _linear(label_dim, emb_channels, bias=False) if label_dim else None
-        if self.map_label is not None:
+        if self.map_label is not None and not skipping_init():
             nn.init.normal_(self.map_label.weight)
 
         # Encoder.

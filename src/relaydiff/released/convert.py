@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,21 @@ def convert(path: str | Path, out: str | Path, *, kind: str | None = None,
             relay: dict[str, Any] | None = None, preset: str | None = None) -> StageConfig:
     """Convert ``path`` into the stage folder ``out``; returns the stage's config."""
     path, out = Path(path), Path(out)
+    with ThreadPoolExecutor(1) as pool:  # hashing (GIL released) overlaps reading the file
+        digest = pool.submit(sha256_file, path)
+        cfg, den, source = _read_stage(path, kind, relay, preset)
+        record = {"file": path.name, "sha256": digest.result(), "kind_of_file": source.kind_of_file,
+                  "classes": source.classes, "preset": preset,
+                  "converted_by": f"relaydiff {__version__}"}
+    with atomic_folder(out) as tmp:
+        save_stage(tmp, cfg, den)
+        write_json(record, tmp / "source.json", durable=False)
+    return cfg
+
+
+def _read_stage(path: Path, kind: str | None, relay: dict[str, Any] | None,
+                preset: str | None) -> tuple[StageConfig, torch.nn.Module, Source]:
+    """The stage config and the denoiser holding the weights of ``path``."""
     source = read_source(path)
     loss = source.loss
     if kind is None:
@@ -180,15 +196,13 @@ def convert(path: str | Path, out: str | Path, *, kind: str | None = None,
                       relay=relay_settings(source, relay or {}, str(path)) if kind == "relay" else None)
     if preset is not None:
         apply_preset(cfg, preset)
-    den = build_denoiser(cfg)
+    den = build_denoiser(cfg, initialize=False)
+    ours = den.state_dict()
+    # The file's tensors become the network's (no copy) where their dtypes already match.
+    assign = all(k in ours and ours[k].dtype == v.dtype for k, v in source.state.items())
     try:
-        den.load_state_dict(source.state, strict=True)
+        den.load_state_dict(source.state, strict=True, assign=assign)
     except RuntimeError as e:
         raise ValueError(f"{path}: its weights do not fit the network its record describes "
                          f"({str(e).splitlines()[0]})") from None
-    record = {"file": path.name, "sha256": sha256_file(path), "kind_of_file": source.kind_of_file,
-              "classes": source.classes, "preset": preset, "converted_by": f"relaydiff {__version__}"}
-    with atomic_folder(out) as tmp:
-        save_stage(tmp, cfg, den)
-        write_json(record, tmp / "source.json", durable=False)
-    return cfg
+    return cfg, den, source

@@ -22,7 +22,7 @@ def load_stage_source(spec: str | Path) -> tuple[StageConfig, nn.Module, dict]:
     snapshot = resolve_snapshot(spec)
     where = snapshot.path / "state.json"
     cfg = StageConfig.from_dict(snapshot.state["config"]["stage"], f"{where}: stage")
-    den = build_denoiser(cfg)
+    den = build_denoiser(cfg, initialize=False)
     den.model.load_state_dict(snapshot.ema, strict=True)
     cost = snapshot.state.get("cost", {})
     record = {"source": str(snapshot.path), "images_seen": snapshot.state.get("images_seen"),

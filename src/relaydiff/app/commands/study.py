@@ -17,9 +17,12 @@ from . import check_out
               help="Train and evaluate only these variants (several processes can share a study).")
 @click.option("--train-only", is_flag=True,
               help="Only train the (selected) higher-stage variants; no stage 1, no evaluation.")
+@click.option("--no-stage1", is_flag=True,
+              help="No stage 1: evaluate the higher stages by SR-FID, curves and artifact "
+                   "correction only (no cascade FID).")
 @click.option("--no-progress", is_flag=True, help="No progress bars (the log lines stay).")
 def study(config: Path, out: Path | None, variants: str | None, train_only: bool,
-          no_progress: bool) -> None:
+          no_stage1: bool, no_progress: bool) -> None:
     """Train one stage 1 and every variant of the higher stage under the same budget, evaluate
     them alike and write OUT/results.json and OUT/figures/.
 
@@ -33,5 +36,6 @@ def study(config: Path, out: Path | None, variants: str | None, train_only: bool
     from ..study import Study
 
     only = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
-    result = Study(config, out, only=only, progress=not no_progress, train_only=train_only).run()
+    result = Study(config, out, only=only, progress=not no_progress, train_only=train_only,
+                   stage1=not no_stage1).run()
     click.echo(f"wrote {result}")
