@@ -32,9 +32,10 @@ _SKIP_INIT = contextvars.ContextVar("relaydiff_skip_init", default=False)
 
 @contextlib.contextmanager
 def uninitialized() -> Iterator[None]:
-    """Build networks with uninitialised weights (``torch.empty``, no random draws) inside the
-    block: for networks whose weights are loaded right after (a stage folder, a converted
-    checkpoint), where drawing and writing initial values would be wasted time."""
+    """Build UNets (``unet``, ``song_unet``) with uninitialised weights (``torch.empty``, no
+    random draws) inside the block; the toy network ignores it. For networks whose weights are
+    loaded right after (a stage folder, a converted checkpoint), where drawing and writing
+    initial values would be wasted time."""
     token = _SKIP_INIT.set(True)
     try:
         yield

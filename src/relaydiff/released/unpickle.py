@@ -184,7 +184,10 @@ def read_checkpoint(path: str | Path) -> Any:
     if not path.is_file():
         raise ValueError(f"{path}: file not found")
     try:
-        if zipfile.is_zipfile(path):  # every global goes through RestrictedUnpickler
+        if zipfile.is_zipfile(path):
+            # Not a plain load: pickle_module makes torch unpickle with RestrictedUnpickler, which
+            # refuses every global outside its allow-list (weights_only=False only lets torch
+            # accept a pickle_module; weights_only=True would replace it with torch's own).
             return torch.load(path, map_location="cpu", weights_only=False, mmap=True,
                               pickle_module=restricted_pickle)
         with open(path, "rb") as f:
