@@ -4,7 +4,10 @@ Makes a ``.pt`` training state in RDM's format (an ADM network of about 60 M par
 EMA copy under ``ema`` and ``net``: ≥ 200 MB) with the test helpers, then measures in fresh
 processes: ``relaydiff convert`` (peak RSS, wall-clock) and a plain ``torch.load`` of the same
 file (persistence records resolved to plain dicts, nothing else). Targets: peak memory ≤ 1.5×
-the file size plus the model, time ≤ 2× the plain load.
+the file size plus the model, time ≤ 2× the plain load (medians of interleaved rounds). A
+conversion must also put its output on disk, so the bench times that alone too (the converted
+weights' bytes written and fsynced): the plain load plus that write is the floor a conversion can
+reach on this disk.
 
     python bench/bench_convert.py [--channels 128]
 """
@@ -12,12 +15,16 @@ the file size plus the model, time ≤ 2× the plain load.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+ROUNDS = 3
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -29,6 +36,19 @@ sys.modules.update({"torch_utils": types.ModuleType("torch_utils"), "torch_utils
 t = time.perf_counter(); torch.load(sys.argv[1], map_location="cpu", weights_only=False)
 print(time.perf_counter() - t)
 """
+CONVERT = """
+import sys, time
+from relaydiff.released.convert import convert
+t = time.perf_counter(); convert(sys.argv[1], sys.argv[2])
+print(time.perf_counter() - t)
+"""
+
+
+def child_seconds(script: str, *args: str) -> float:
+    """The seconds a fresh process reports for its timed part (after its imports)."""
+    run = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                         check=True)
+    return float(run.stdout)
 
 
 def peak_rss_and_time(cmd: list[str]) -> tuple[float, float]:
@@ -62,22 +82,35 @@ def main() -> None:
         model = params * 4 / 2**20
         base_rss, _ = peak_rss_and_time([sys.executable, "-c", "import torch"])
         plain_rss, _ = peak_rss_and_time([sys.executable, "-c", PLAIN_LOAD, str(path)])
-        plain = float(subprocess.run([sys.executable, "-c", PLAIN_LOAD, str(path)],
-                                     capture_output=True, text=True, check=True).stdout)
         conv_rss, conv_wall = peak_rss_and_time([sys.executable, "-m", "relaydiff", "convert",
                                                  str(path), "--out", str(Path(tmp) / "stage")])
-        # The convert process also imports relaydiff and builds the network; time its work alone.
-        t = time.perf_counter()
-        from relaydiff.released.convert import convert
-
-        convert(path, Path(tmp) / "stage2")
-        conv = time.perf_counter() - t
+        # Disk speed varies between runs, so the three timings are interleaved over ROUNDS rounds
+        # and their medians compared. Load and conversion each run in a fresh process and time
+        # their own work, after the imports (the conversion also builds the network).
+        rounds: dict[str, list[float]] = {"plain": [], "convert": [], "write": []}
+        for r in range(ROUNDS):
+            rounds["plain"].append(child_seconds(PLAIN_LOAD, str(path)))
+            rounds["convert"].append(child_seconds(CONVERT, str(path), str(Path(tmp) / f"stage-{r}")))
+            written = (Path(tmp) / f"stage-{r}" / "model.safetensors").read_bytes()
+            t = time.perf_counter()
+            with open(Path(tmp) / "copy.bin", "wb") as f:
+                f.write(written)
+                f.flush()
+                os.fsync(f.fileno())
+            rounds["write"].append(time.perf_counter() - t)
+            shutil.rmtree(Path(tmp) / f"stage-{r}")
+        plain, conv, write = (statistics.median(rounds[k]) for k in ("plain", "convert", "write"))
     print(f"file {size:.0f} MiB, model {params / 1e6:.1f} M parameters ({model:.0f} MiB fp32)")
     print(f"peak RSS above `import torch` ({base_rss:.0f} MiB): convert {conv_rss - base_rss:.0f} MiB "
           f"(target ≤ {1.5 * size + model:.0f} = 1.5 × file + model), plain torch.load "
           f"{plain_rss - base_rss:.0f} MiB")
-    print(f"time: convert {conv:.2f} s in process ({conv_wall:.2f} s as a command), plain "
-          f"torch.load {plain:.2f} s → ratio {conv / plain:.2f} (target ≤ 2)")
+    for k, v in rounds.items():
+        print(f"{k:8s} " + "  ".join(f"{x:.2f} s" for x in v))
+    print(f"time (medians of {ROUNDS}): convert {conv:.2f} s in its process ({conv_wall:.2f} s as a "
+          f"command), plain torch.load {plain:.2f} s → ratio {conv / plain:.2f} (target ≤ 2)")
+    print(f"disk: writing and fsyncing the {len(written) / 2**20:.0f} MiB output alone takes "
+          f"{write:.2f} s; floor for a conversion: load + write = {plain + write:.2f} s "
+          f"(ratio {(plain + write) / plain:.2f})")
 
 
 if __name__ == "__main__":

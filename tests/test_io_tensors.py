@@ -59,6 +59,33 @@ def test_a_failed_write_leaves_no_file_and_names_it(tmp_path, monkeypatch):
         save_tensors({"c": torch.zeros(2, dtype=torch.complex64)}, tmp_path / "c.safetensors")
 
 
+def test_a_durable_write_flushes_behind_and_a_failed_flush_fails_it(tmp_path, monkeypatch):
+    import relaydiff.io.tensors as tensors_module
+
+    monkeypatch.setattr(tensors_module, "FLUSH_BEHIND", 1000)  # bytes: one flush per tensor
+    calls = []
+    real = tensors_module.os.fdatasync
+    monkeypatch.setattr(tensors_module.os, "fdatasync", lambda fd: calls.append(fd) or real(fd))
+    state = {f"t{i}": torch.full((300,), float(i)) for i in range(6)}  # 1200 bytes each
+    path = tmp_path / "d.safetensors"
+    save_tensors(state, path)
+    assert calls == []  # a plain write never flushes
+    save_tensors(state, path, durable=True)
+    assert 1 <= len(calls) <= 6  # flushes overlap the writing, at most one in flight
+    back = load_file(str(path))
+    assert all(torch.equal(back[k], v) for k, v in state.items())
+
+    def broken(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(tensors_module.os, "fdatasync", broken)
+    with pytest.raises(OSError, match=r"d\.safetensors: could not write"):
+        save_tensors({k: -v for k, v in state.items()}, path, durable=True)
+    back = load_file(str(path))  # the old file is intact, no temporary left
+    assert all(torch.equal(back[k], v) for k, v in state.items())
+    assert not list(tmp_path.glob(".*"))
+
+
 @pytest.mark.parametrize("config", [
     {"name": "unet", "img_resolution": 16, "model_channels": 16, "channel_mult": [1, 2],
      "num_blocks": 1, "attn_resolutions": [8], "label_dim": 3},

@@ -233,7 +233,7 @@ def save_stage(folder: str | Path, config: StageConfig, denoiser: EDMPrecond,
     state = denoiser.model.state_dict()
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    save_tensors(state, folder / WEIGHTS_FILE)
+    save_tensors(state, folder / WEIGHTS_FILE, durable=True)
 
 
 def load_stage(folder: str | Path) -> tuple[StageConfig, EDMPrecond]:

@@ -169,15 +169,15 @@ def convert(path: str | Path, out: str | Path, *, kind: str | None = None,
             relay: dict[str, Any] | None = None, preset: str | None = None) -> StageConfig:
     """Convert ``path`` into the stage folder ``out``; returns the stage's config."""
     path, out = Path(path), Path(out)
-    with ThreadPoolExecutor(1) as pool:  # hashing (GIL released) overlaps reading the file
+    with ThreadPoolExecutor(1) as pool:  # hashing (GIL released) overlaps reading and writing
         digest = pool.submit(sha256_file, path)
         cfg, den, source = _read_stage(path, kind, relay, preset)
-        record = {"file": path.name, "sha256": digest.result(), "kind_of_file": source.kind_of_file,
-                  "classes": source.classes, "preset": preset,
-                  "converted_by": f"relaydiff {__version__}"}
-    with atomic_folder(out) as tmp:
-        save_stage(tmp, cfg, den)
-        write_json(record, tmp / "source.json", durable=False)
+        with atomic_folder(out) as tmp:
+            save_stage(tmp, cfg, den)
+            record = {"file": path.name, "sha256": digest.result(),
+                      "kind_of_file": source.kind_of_file, "classes": source.classes,
+                      "preset": preset, "converted_by": f"relaydiff {__version__}"}
+            write_json(record, tmp / "source.json", durable=False)
     return cfg
 
 

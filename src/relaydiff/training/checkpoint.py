@@ -136,15 +136,15 @@ def save_snapshot(
     final = root / f"{PREFIX}{step:08d}"
     with atomic_folder(final, tmp_prefix=TMP_PREFIX) as tmp:
         opt_tensors, opt_meta = optimizer_to_files(optimizer)
-        save_tensors(model, tmp / "model.safetensors")
-        save_tensors(ema, tmp / "ema.safetensors")
+        save_tensors(model, tmp / "model.safetensors", durable=True)
+        save_tensors(ema, tmp / "ema.safetensors", durable=True)
         if os.environ.get(PAUSE_ENV):
             time.sleep(float(os.environ[PAUSE_ENV]))
-        save_tensors(opt_tensors, tmp / "optimizer.safetensors")
+        save_tensors(opt_tensors, tmp / "optimizer.safetensors", durable=True)
         write_bytes_atomic(tmp / "optimizer.json", dumps_json(opt_meta, indent=None).encode(),
                            durable=False)
         for name, tensors in (extra or {}).items():  # e.g. the post-hoc EMA averages
-            save_tensors(tensors, tmp / f"{name}.safetensors")
+            save_tensors(tensors, tmp / f"{name}.safetensors", durable=True)
         names = [*TENSOR_FILES, "optimizer.json", *(f"{n}.safetensors" for n in extra or {})]
         full_state = {
             "format": CHECKPOINT_FORMAT,
