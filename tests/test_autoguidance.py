@@ -113,6 +113,9 @@ def test_cascade_build_guide_and_sample_upscale_commands(tmp_path):
                         str(tmp_path / "s2"), "--guide", str(tmp_path / "g1"), "--guidance", "1.8",
                         "--out", str(tmp_path / "c")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "stage 1 autoguided ×1.8" in r.stdout, r.stderr
+    training = json.loads((tmp_path / "c" / "cascade.json").read_text())["training"]
+    assert training[0]["guide"]["images_seen"] == 4 and training[0]["images_seen"] == 8
+    assert "guide" not in training[1]
     r = subprocess.run([*run, "sample", "--cascade", str(tmp_path / "c"), "--seeds", "0-1", "--out",
                         str(tmp_path / "s")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

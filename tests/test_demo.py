@@ -92,6 +92,17 @@ def test_report_samples_are_the_packaged_cascades_pixels(smoke, tmp_path):
     assert "training images" in text  # your run's samples are labelled with images seen
 
 
+def test_the_packaged_training_line_gives_each_guides_cost():
+    from relaydiff.app.demo import _trained
+
+    stage = {"stage": "stage1_edm_16", "images_seen": 310464, "device_hours": 1.0334, "device": "cpu",
+             "guide": {"images_seen": 16000, "device_hours": 0.0203, "device": "cpu"}}
+    assert _trained(stage) == ("stage1_edm_16: 310,464 images, 1.03 cpu-hours (its autoguidance "
+                               "guide: 16,000 images, 0.02 cpu-hours)")
+    del stage["guide"]
+    assert _trained(stage) == "stage1_edm_16: 310,464 images, 1.03 cpu-hours"
+
+
 def test_a_tiny_cap_cuts_training_short_with_a_notice(tmp_path):
     out = tmp_path / "capped"
     r = run("demo", "--smoke", "--out", str(out), "--minutes", "0.0001")

@@ -109,16 +109,20 @@ def test_no_stage1_evaluates_the_higher_stages_without_one(study_config, tmp_pat
     study = json.loads(study_config.read_text())
     study["variants"] = [v for v in study["variants"] if v["name"] in ("relay", "e2e")]
     study["eval"]["edm_steps"] = [2, 4]  # 4: the end-to-end stage's own steps
+    study["eval"].update(samples=6, curve_samples=6)  # --set below makes them 4
     config = study_config.parent / "no-stage1.json"
     config.write_text(json.dumps(study))
     out = tmp_path / "s"
-    r = run("study", str(config), "--out", str(out), "--no-stage1", "--no-progress")
+    sets = ["--set", "eval.samples=4", "--set", "eval.curve_samples=4"]
+    r = run("study", str(config), "--out", str(out), "--no-stage1", "--no-progress", *sets)
     assert r.returncode == 0, r.stderr[-3000:]
     assert not (out / "stage1").exists() and not (out / "eval" / "stage1_samples").exists()
     results = json.loads((out / "results.json").read_text())
     by = {v["name"]: v for v in results["variants"]}
     assert "cascade" not in by["relay"] and by["relay"]["sr_heldout"]["n_images"] == 4
     assert by["e2e"]["cascade"]["n_images"] == 4 and results["stage1"] is None
+    assert results["overrides"] == ["eval.samples=4", "eval.curve_samples=4"]
+    assert results["study_config"]["eval"]["samples"] == 4
     e2e = by["e2e"]
     assert e2e["nfe_curve"][-1]["fid"] == e2e["compute_curve"][-1]["fid"] == e2e["cascade"]["fid"]
     ev = out / "runs" / "e2e-s0" / "eval"
@@ -194,3 +198,16 @@ def test_bad_study_config_is_one_line_and_writes_nothing(study_config, tmp_path,
     assert r.returncode == 2 and needle in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not (out / "runs").exists() and not (out / "results.json").exists()
+
+
+@pytest.mark.parametrize("setting, needle", [
+    ("budget.value=0", "budget.value 0 must be a positive number"),
+    ("eval.sampels=8", "unknown key 'sampels'"),
+    ("budget", "--set 'budget': expected KEY=VALUE"),
+])
+def test_a_bad_set_is_one_line_and_writes_nothing(study_config, tmp_path, setting, needle):
+    out = tmp_path / "o"
+    r = run("study", str(study_config), "--out", str(out), "--set", setting)
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not out.exists() or not any(out.iterdir())

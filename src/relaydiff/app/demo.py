@@ -255,6 +255,17 @@ def _artifact_correction(cascade: RelayCascade, data_root: Path,
     return Figure("figures/artifact_correction.png", caption), rows
 
 
+def _trained(stage: dict) -> str:
+    """One stage's line of the packaged cascade's training record, with its guide's cost."""
+    text = (f"{stage['stage']}: {stage['images_seen']:,} images, {stage['device_hours']:.2f} "
+            f"{stage.get('device', 'device')}-hours")
+    guide = stage.get("guide")
+    if guide:
+        text += (f" (its autoguidance guide: {guide['images_seen']:,} images, "
+                 f"{guide['device_hours']:.2f} {guide.get('device', 'device')}-hours)")
+    return text
+
+
 def _own_samples(settings: DemoSettings, runs: dict, figures: Path) -> Figure:
     """``OWN_SAMPLES`` samples of your training run, stage 1 and relay side by side, captioned
     with the images each stage saw."""
@@ -343,9 +354,7 @@ def run_demo(settings: DemoSettings) -> Path:
                   "undertrained model. Re-run with a larger --minutes to continue training. ")
     provenance = ""
     if record:
-        provenance = (" Its training: " + "; ".join(
-            f"{s['stage']}: {s['images_seen']:,} images, {s['device_hours']:.2f} "
-            f"{s.get('device', 'device')}-hours" for s in record) + ".")
+        provenance = " Its training: " + "; ".join(_trained(s) for s in record) + "."
     sections = [
         Section("samples", "Samples of the packaged cascade",
                 f"Stage 1 (EDM, 16 px) and the 16→64 relay stage of {settings.cascade} "

@@ -30,7 +30,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,13 +152,14 @@ class StudyConfig:
             raise ValueError("eval.samples and eval.curve_samples must be ≥ 2, curve_points ≥ 1")
 
 
-def load_study(path: str | Path) -> tuple[StudyConfig, Path]:
-    """The study config and the folder its relative config paths are resolved against."""
+def load_study(path: str | Path, overrides: Sequence[str] = ()) -> tuple[StudyConfig, Path]:
+    """The study config with ``--set KEY=VALUE`` ``overrides`` applied (e.g.
+    ``budget.value=3.6e13``), and the folder its relative config paths are resolved against."""
     path = Path(path)
     data = read_json(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a study config is a JSON object")
-    data = dict(data)
+    data = apply_overrides(data, overrides, where="--set")
     data["variants"] = [from_dict(StudyVariant, v, f"{path}: variants[{k}]")
                         for k, v in enumerate(data.get("variants") or [])]
     return from_dict(StudyConfig, data, str(path)), path.parent
@@ -251,8 +252,10 @@ def _link_samples(src: Path, dst: Path, seeds: range) -> None:
 # ---------------------------------------------------------------------------- the study
 class Study:
     def __init__(self, config_path: str | Path, out: str | Path, *, only: list[str] | None = None,
-                 progress: bool = True, train_only: bool = False, stage1: bool = True) -> None:
-        self.config, self.base = load_study(config_path)
+                 progress: bool = True, train_only: bool = False, stage1: bool = True,
+                 overrides: Sequence[str] = ()) -> None:
+        self.config, self.base = load_study(config_path, overrides)
+        self.overrides = list(overrides)
         self.config_path = Path(config_path)
         self.out = Path(out)
         self.progress = progress
@@ -643,6 +646,7 @@ class Study:
             "relaydiff_version": __version__,
             "study_config": to_dict(self.config),
             "config_file": str(self.config_path),
+            "overrides": self.overrides,
             "data": {"root": str(self.data_root), "train": str(self.train_root),
                      "heldout": str(self.heldout_root), "heldout_images": self.n_sr,
                      "split_seed": self.config.data.split_seed},

@@ -20,9 +20,12 @@ from . import check_out
 @click.option("--no-stage1", is_flag=True,
               help="No stage 1: evaluate the higher stages by SR-FID, curves and artifact "
                    "correction only (no cascade FID).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a study config value, e.g. --set budget.value=3.6e13 "
+                   "--set eval.samples=512.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (the log lines stay).")
 def study(config: Path, out: Path | None, variants: str | None, train_only: bool,
-          no_stage1: bool, no_progress: bool) -> None:
+          no_stage1: bool, overrides: tuple[str, ...], no_progress: bool) -> None:
     """Train one stage 1 and every variant of the higher stage under the same budget, evaluate
     them alike and write OUT/results.json and OUT/figures/.
 
@@ -37,5 +40,5 @@ def study(config: Path, out: Path | None, variants: str | None, train_only: bool
 
     only = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
     result = Study(config, out, only=only, progress=not no_progress, train_only=train_only,
-                   stage1=not no_stage1).run()
+                   stage1=not no_stage1, overrides=overrides).run()
     click.echo(f"wrote {result}")

@@ -131,9 +131,11 @@ def build(stages, guides, scales, half, out) -> None:
     model = cascade_from_snapshots(stages)
     for k, spec in enumerate(guides):
         if spec != "-":
-            cfg, den, _ = load_stage_source(spec)
+            cfg, den, record = load_stage_source(spec)
             model.set_guide(k, cfg, den)
             model.configs[k].guidance.kind = "auto"
+            if model.training is not None:  # the guide's training is part of the stage's cost
+                model.training[k]["guide"] = record
     for k, w in enumerate(parsed):
         if w is not None:
             model.configs[k].guidance.scale = w
