@@ -257,13 +257,12 @@ def _artifact_correction(cascade: RelayCascade, data_root: Path,
 
 def _trained(stage: dict) -> str:
     """One stage's line of the packaged cascade's training record, with its guide's cost."""
-    text = (f"{stage['stage']}: {stage['images_seen']:,} images, {stage['device_hours']:.2f} "
-            f"{stage.get('device', 'device')}-hours")
+    def cost(r: dict) -> str:
+        return f"{r['images_seen']:,} images, {r['device_hours']:.2f} {r.get('device', 'device')}-hours"
+
     guide = stage.get("guide")
-    if guide:
-        text += (f" (its autoguidance guide: {guide['images_seen']:,} images, "
-                 f"{guide['device_hours']:.2f} {guide.get('device', 'device')}-hours)")
-    return text
+    return f"{stage['stage']}: {cost(stage)}" + (f" (its autoguidance guide: {cost(guide)})"
+                                                 if guide else "")
 
 
 def _own_samples(settings: DemoSettings, runs: dict, figures: Path) -> Figure:
