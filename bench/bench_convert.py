@@ -4,10 +4,12 @@ Makes a ``.pt`` training state in RDM's format (an ADM network of about 60 M par
 EMA copy under ``ema`` and ``net``: ≥ 200 MB) with the test helpers, then measures in fresh
 processes: ``relaydiff convert`` (peak RSS, wall-clock) and a plain ``torch.load`` of the same
 file (persistence records resolved to plain dicts, nothing else). Targets: peak memory ≤ 1.5×
-the file size plus the model, time ≤ 2× the plain load (medians of interleaved rounds). A
-conversion must also put its output on disk, so the bench times that alone too (the converted
-weights' bytes written and fsynced): the plain load plus that write is the floor a conversion can
-reach on this disk.
+the file size plus the model, time ≤ 2× the plain load (medians of interleaved rounds), timed
+inside each process after its imports and, as a user sees it, as whole commands
+(``relaydiff convert`` against ``python -c "import torch; torch.load(FILE)"``). A conversion must
+also put its output on disk, so the bench times that alone too (the converted weights' bytes
+written and fsynced): the plain load plus that write is the floor a conversion can reach on this
+disk.
 
     python bench/bench_convert.py [--channels 128]
 """
@@ -51,6 +53,13 @@ def child_seconds(script: str, *args: str) -> float:
     return float(run.stdout)
 
 
+def command_seconds(cmd: list[str]) -> float:
+    """Wall-clock seconds of a whole command, process start and imports included."""
+    start = time.perf_counter()
+    subprocess.run(cmd, capture_output=True, check=True)
+    return time.perf_counter() - start
+
+
 def peak_rss_and_time(cmd: list[str]) -> tuple[float, float]:
     """(peak resident MiB, seconds) of a child process, from ``/usr/bin/time -v``."""
     start = time.perf_counter()
@@ -87,10 +96,16 @@ def main() -> None:
         # Disk speed varies between runs, so the three timings are interleaved over ROUNDS rounds
         # and their medians compared. Load and conversion each run in a fresh process and time
         # their own work, after the imports (the conversion also builds the network).
-        rounds: dict[str, list[float]] = {"plain": [], "convert": [], "write": []}
+        rounds: dict[str, list[float]] = {"plain": [], "convert": [], "write": [],
+                                          "plain_cmd": [], "convert_cmd": []}
         for r in range(ROUNDS):
             rounds["plain"].append(child_seconds(PLAIN_LOAD, str(path)))
             rounds["convert"].append(child_seconds(CONVERT, str(path), str(Path(tmp) / f"stage-{r}")))
+            rounds["plain_cmd"].append(command_seconds([sys.executable, "-c", PLAIN_LOAD, str(path)]))
+            rounds["convert_cmd"].append(command_seconds(
+                [sys.executable, "-m", "relaydiff", "convert", str(path), "--out",
+                 str(Path(tmp) / f"cmd-{r}")]))
+            shutil.rmtree(Path(tmp) / f"cmd-{r}")
             written = (Path(tmp) / f"stage-{r}" / "model.safetensors").read_bytes()
             t = time.perf_counter()
             with open(Path(tmp) / "copy.bin", "wb") as f:
@@ -99,18 +114,23 @@ def main() -> None:
                 os.fsync(f.fileno())
             rounds["write"].append(time.perf_counter() - t)
             shutil.rmtree(Path(tmp) / f"stage-{r}")
-        plain, conv, write = (statistics.median(rounds[k]) for k in ("plain", "convert", "write"))
+        plain, conv, write, plain_cmd, conv_cmd = (
+            statistics.median(rounds[k]) for k in ("plain", "convert", "write", "plain_cmd",
+                                                    "convert_cmd"))
     print(f"file {size:.0f} MiB, model {params / 1e6:.1f} M parameters ({model:.0f} MiB fp32)")
     print(f"peak RSS above `import torch` ({base_rss:.0f} MiB): convert {conv_rss - base_rss:.0f} MiB "
           f"(target ≤ {1.5 * size + model:.0f} = 1.5 × file + model), plain torch.load "
           f"{plain_rss - base_rss:.0f} MiB")
     for k, v in rounds.items():
-        print(f"{k:8s} " + "  ".join(f"{x:.2f} s" for x in v))
+        print(f"{k:11s} " + "  ".join(f"{x:.2f} s" for x in v))
     print(f"time (medians of {ROUNDS}): convert {conv:.2f} s in its process ({conv_wall:.2f} s as a "
           f"command), plain torch.load {plain:.2f} s → ratio {conv / plain:.2f} (target ≤ 2)")
     print(f"disk: writing and fsyncing the {len(written) / 2**20:.0f} MiB output alone takes "
           f"{write:.2f} s; floor for a conversion: load + write = {plain + write:.2f} s "
           f"(ratio {(plain + write) / plain:.2f})")
+    print(f"as commands (medians of {ROUNDS}, process start and imports included): relaydiff convert "
+          f"{conv_cmd:.2f} s, python -c 'torch.load(FILE)' {plain_cmd:.2f} s → ratio "
+          f"{conv_cmd / plain_cmd:.2f} (target ≤ 2)")
 
 
 if __name__ == "__main__":

@@ -14,14 +14,17 @@ from pathlib import Path
 import pytest
 from training_helpers import config_dict, image_folder
 
+from relaydiff import RelayCascade
 from relaydiff.data.build import build_dataset
+from relaydiff.io.images import load_image, to_uint8
+from relaydiff.io.sample_folder import seed_path
 
 TOY = {"name": "toy", "channels": 8}
 
 
-def run(*args, timeout=900) -> subprocess.CompletedProcess:
+def run(*args, timeout=900, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "relaydiff", *args], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +45,7 @@ def study_config(tmp_path_factory) -> Path:
         "variants": [
             {"name": "relay", "config": "relay.json", "main": True},
             {"name": "relay-alpha0", "config": "relay.json", "set": ["stage.relay.block_alpha=0"]},
-            {"name": "sr", "config": "sr.json", "main": True, "sample_levels": [0.0, 0.3]},
+            {"name": "sr", "config": "sr.json", "main": True, "sample_levels": [0.0, 0.1]},
             {"name": "e2e", "config": "e2e.json", "main": True},
         ],
         "eval": {"samples": 4, "curve_samples": 4, "curve_points": 2, "relay_steps": [4, 8],
@@ -56,7 +59,9 @@ def study_config(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def finished(study_config, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("out") / "s"
-    r = run("study", str(study_config), "--out", str(out), "--no-progress")
+    # A cache of its own, so that the reference statistics this study computes can be told apart.
+    env = {**os.environ, "RELAYDIFF_CACHE": str(out.parent / "cache")}
+    r = run("study", str(study_config), "--out", str(out), "--no-progress", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
@@ -73,12 +78,27 @@ def test_results_and_every_figure(finished):
             assert v["sr_heldout"]["n_images"] == 4 and v["sr_train"]["n_images"] == 4
             assert v["artifact_correction"][0]["method"].startswith("input noise")
     sr = next(v for v in results["variants"] if v["name"] == "sr")
-    assert [row["level"] for row in sr["sample_levels"]] == [0.0, 0.3]
+    assert [row["level"] for row in sr["sample_levels"]] == [0.0, 0.1]
     assert results["floors"]["split_half"]["fid"] is not None
     assert results["data"]["heldout_images"] == 4 and results["stage1"]["cost"]["images_seen"] == 16
     for name in ("fid_vs_compute.png", "fid_vs_nfe.png", "grids.png"):
         assert (finished / "figures" / name).stat().st_size > 1000, name
     assert (finished / "runs" / "relay-s0" / "eval" / "artifacts.png").is_file()
+
+
+def test_references_are_made_once_before_any_variant_and_timed_apart(finished):
+    """The data's Inception statistics (all, held-out and training images) are the study's
+    shared cost: computed before the first variant is evaluated, never inside a variant's time."""
+    refs = list((finished.parent / "cache" / "references").glob("*.npz"))
+    assert len(refs) == 3  # ref_all, ref_heldout, ref_train; nothing else is a reference
+    first_variant_image = min(p.stat().st_mtime_ns
+                              for p in (finished / "runs").glob("*/eval/**/*.png"))
+    assert max(p.stat().st_mtime_ns for p in refs) < first_variant_image
+    results = json.loads((finished / "results.json").read_text())
+    shared = results["shared_eval_seconds_by_part"]
+    assert set(shared) == {"stage1_samples", "references", "floors"}
+    assert all(v > 0 for v in shared.values())
+    assert "Shared evaluation, once for all 4 runs" in (finished / "table.md").read_text()
 
 
 def _inodes(folder: Path) -> set[int]:
@@ -97,6 +117,12 @@ def test_settings_that_repeat_the_main_set_reuse_its_samples(finished):
     assert point["fid"] == last["fid"] == relay["sr_heldout"]["fid"]  # 4 = curve_samples images
     assert _inodes(ev / f"steps_{own}") == _inodes(ev / f"at_{last['images']}") == _inodes(
         ev / "sr_heldout")
+    sr = next(v for v in results["variants"] if v["name"] == "sr")
+    assert sr["config"]["stage"]["sr"]["sample_level"] == 0.1  # its own level: the held-out set
+    sr_ev = finished / "runs" / "sr-s0" / "eval"
+    assert _inodes(sr_ev / "level_0.1") == _inodes(sr_ev / "sr_heldout")
+    assert not _inodes(sr_ev / "level_0") & _inodes(sr_ev / "sr_heldout")
+    assert sr["sample_levels"][1]["fid"] == sr["sr_heldout"]["fid"]
     other = next(p for p in relay["nfe_curve"] if p["steps"] != own)
     assert not _inodes(ev / f"steps_{other['steps']}") & _inodes(ev / "sr_heldout")
     parts = relay["timing"]["eval_seconds_by_part"]
@@ -134,7 +160,8 @@ def test_no_stage1_evaluates_the_higher_stages_without_one(study_config, tmp_pat
 def test_table_values_come_from_the_summary(finished):
     results = json.loads((finished / "results.json").read_text())
     table = (finished / "table.md").read_text().splitlines()
-    rows = {line.split("|")[1].strip().removesuffix(" (main)"): line for line in table[2:]}
+    rows = {line.split("|")[1].strip().removesuffix(" (main)"): line for line in table[2:]
+            if line.startswith("|")}
     for row in results["summary"]:
         line = rows[row["variant"]]
         fid = row["sr_heldout_fid"]["mean"]
@@ -177,6 +204,65 @@ def test_killed_after_the_first_variant_then_rerun_does_not_retrain_it(study_con
     assert (first.read_bytes(), first.stat().st_mtime_ns) == before
     assert [p.stat().st_mtime_ns for p in ckpts] == stamps
     assert len(json.loads((out / "results.json").read_text())["variants"]) == 4
+
+
+def test_a_given_cascade_is_the_stage1_and_nothing_is_trained_for_it(study_config, tmp_path):
+    """``stage1.cascade``: the first stage of a cascade folder (with its guide) samples the
+    cascade set; no stage-1 run is made; its record names the cascade."""
+    given = RelayCascade.toy((4, 16), seed=3)
+    given.set_guide(0, given.configs[0], RelayCascade.toy((4, 16), seed=4).denoisers[0])
+    given.configs[0].guidance.kind, given.configs[0].guidance.scale = "auto", 2.0
+    given.save_pretrained(tmp_path / "given")
+    study = json.loads(study_config.read_text())
+    study["variants"] = [v for v in study["variants"] if v["name"] == "relay"]
+    config = study_config.parent / "given-stage1.json"
+    config.write_text(json.dumps(study))
+    out = tmp_path / "s"
+    r = run("study", str(config), "--out", str(out), "--no-progress",
+            "--set", f"stage1.cascade={tmp_path / 'given'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not (out / "stage1").exists()
+    results = json.loads((out / "results.json").read_text())
+    assert results["stage1"]["cascade"] == str(tmp_path / "given") and results["stage1"]["guide"]
+    assert results["variants"][0]["cascade"]["n_images"] == 4
+    # The stage-1 samples are the given cascade's own (its guide and guidance included).
+    expected = RelayCascade.from_pretrained(tmp_path / "given")([0, 1], batch_size=2)[0]
+    for k, arr in enumerate(to_uint8(expected)):
+        assert (load_image(seed_path(out / "eval" / "stage1_samples", k)) == arr).all()
+
+
+def test_seeds_selects_training_seeds(study_config, tmp_path):
+    study = json.loads(study_config.read_text())
+    study["variants"][0]["seeds"] = [0, 1]
+    config = study_config.parent / "two-seeds.json"
+    config.write_text(json.dumps(study))
+    out = tmp_path / "s"
+    r = run("study", str(config), "--out", str(out), "--variants", "relay", "--seeds", "1",
+            "--train-only", "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["relay-s1"]
+    for seeds, needle in (("7", "--seeds 7: no selected variant has that training seed"),
+                          ("x", "'x': give integers")):
+        r = run("study", str(config), "--out", str(tmp_path / "o"), "--seeds", seeds)
+        assert r.returncode == 2 and needle in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("kind, needle", [
+    ("missing", "stage1.cascade '{}'"),
+    ("relay only", "its first stage is a relay stage, not a stage 1"),
+])
+def test_a_bad_stage1_cascade_is_one_line(study_config, tmp_path, kind, needle):
+    value = tmp_path / "no-such-cascade"
+    if kind == "relay only":
+        toy = RelayCascade.toy((4, 16))
+        RelayCascade(toy.configs[1:], list(toy.denoisers)[1:]).save_pretrained(value)
+    needle = needle.format(value)
+    out = tmp_path / "o"
+    r = run("study", str(study_config), "--out", str(out), "--set", f"stage1.cascade={value}")
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not out.exists() or not any(out.iterdir())
 
 
 @pytest.mark.parametrize("change, needle", [

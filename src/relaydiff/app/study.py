@@ -8,7 +8,7 @@ evaluates each the same way and writes ``results.json`` and figures (docs/study.
 Layout of ``OUT``::
 
     OUT/data/{train,heldout}/        the held-out split of the data set (relaydiff.data.split)
-    OUT/stage1/                      the shared stage-1 training run
+    OUT/stage1/                      the shared stage-1 training run (none with stage1.cascade)
     OUT/eval/stage1_samples/         its samples, relayed by every variant (cascade FID)
     OUT/eval/stage1.json             its record in results.json (run, cost, config, samples)
     OUT/eval/floors.json             split-half FID and the up(down(x)) floor
@@ -26,6 +26,7 @@ curves and artifact correction, no cascade FID (an end-to-end variant samples on
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import shutil
@@ -47,7 +48,7 @@ from ..data.split import split_dataset
 from ..io.distributed import World, init_world
 from ..io.files import atomic_writer, finite_or_none, read_json, write_json
 from ..io.images import image_grid, save_png, to_uint8
-from ..metrics.evaluate import evaluate
+from ..metrics.evaluate import evaluate, folder_reference
 from ..metrics.weights import load_inception
 from ..schedules import karras_sigmas
 from ..stage import StageConfig, build_denoiser
@@ -82,12 +83,16 @@ class StudyData:
 class StudyStage1:
     """The shared stage 1: a training config (path relative to the study config), overrides,
     its data (``"all"`` the whole data set or ``"train"`` the training split), and a cap on its
-    wall-clock training minutes (``None``: train for the config's ``total_images``)."""
+    wall-clock training minutes (``None``: train for the config's ``total_images``). Or
+    ``cascade``: a cascade folder or packaged cascade name whose first stage (with its guide,
+    guidance and sampler settings) is the stage 1; nothing is trained and the training fields
+    are unused."""
 
     config: str = ""
     set: list[str] = field(default_factory=list)
     data: str = "train"
     max_minutes: float | None = None
+    cascade: str = ""
 
 
 @dataclass
@@ -120,8 +125,8 @@ class StudyEval:
     samples: int = 256
     curve_samples: int = 64
     curve_points: int = 3
-    relay_steps: list[int] = field(default_factory=lambda: [20, 40, 80])
-    edm_steps: list[int] = field(default_factory=lambda: [8, 16, 32])
+    relay_steps: list[int] = field(default_factory=lambda: [10, 20, 40])
+    edm_steps: list[int] = field(default_factory=lambda: [4, 8, 16])
 
 
 @dataclass
@@ -234,6 +239,16 @@ def _metrics_row(res: dict) -> dict:
     return {k: res[k] for k in keep if k in res} | {"reference": res["reference"]}
 
 
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], name: str, *, keep_first: bool = False) -> Iterator[None]:
+    """Add the seconds the ``with`` block takes to ``seconds[name]`` (``keep_first``: record
+    them only if ``name`` has none yet, e.g. work that a rerun finds done)."""
+    start = time.perf_counter()
+    yield
+    spent = time.perf_counter() - start
+    seconds[name] = seconds.get(name, spent) if keep_first else seconds.get(name, 0.0) + spent
+
+
 def _link_samples(src: Path, dst: Path, seeds: range) -> None:
     """Hard-link (or copy) the sample files of ``seeds`` from folder ``src`` into ``dst``."""
     from ..io.sample_folder import seed_path
@@ -249,11 +264,26 @@ def _link_samples(src: Path, dst: Path, seeds: range) -> None:
             shutil.copyfile(a, b)
 
 
+def _first_stage(name: str) -> RelayCascade:
+    """The first stage (with its guide) of a cascade folder or packaged cascade ``name``."""
+    try:
+        cascade = RelayCascade.from_pretrained(name)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"stage1.cascade {name!r}: {e}") from None
+    if cascade.configs[0].kind != "edm":
+        raise ValueError(f"stage1.cascade {name!r}: its first stage is a {cascade.configs[0].kind} "
+                         "stage, not a stage 1 (edm)")
+    guide = ((cascade.guide_configs[0], cascade.guides["0"]) if 0 in cascade.guide_configs
+             else None)
+    training = None if cascade.training is None else cascade.training[:1]
+    return RelayCascade(cascade.configs[:1], list(cascade.denoisers)[:1], training, [guide])
+
+
 # ---------------------------------------------------------------------------- the study
 class Study:
     def __init__(self, config_path: str | Path, out: str | Path, *, only: list[str] | None = None,
-                 progress: bool = True, train_only: bool = False, stage1: bool = True,
-                 overrides: Sequence[str] = ()) -> None:
+                 seeds: list[int] | None = None, progress: bool = True, train_only: bool = False,
+                 stage1: bool = True, overrides: Sequence[str] = ()) -> None:
         self.config, self.base = load_study(config_path, overrides)
         self.overrides = list(overrides)
         self.config_path = Path(config_path)
@@ -265,6 +295,12 @@ class Study:
                 raise ValueError(f"--variants {name}: not in {config_path} (known: "
                                  f"{', '.join(known)})")
         self.only = only
+        have = {seed for v in self.config.variants if not only or v.name in only for seed in v.seeds}
+        for seed in seeds or []:
+            if seed not in have:
+                raise ValueError(f"--seeds {seed}: no selected variant has that training seed "
+                                 f"(they have {', '.join(map(str, sorted(have)))})")
+        self.seeds = seeds
         self.train_only = train_only
         self.use_stage1 = stage1
         self.log = _Log(self.out)
@@ -273,12 +309,21 @@ class Study:
         for v in self.config.variants:  # every config must parse before anything is written
             for seed in v.seeds:
                 self._variant_config(v, seed, 1)
-        self._stage1_config()
+        self._given_stage1: RelayCascade | None = None
+        if self.config.stage1.cascade:
+            self._given_stage1 = _first_stage(self.config.stage1.cascade)
+        else:
+            self._stage1_config()
 
     # -- configs -------------------------------------------------------------------------
     def _path(self, name: str) -> Path:
         p = Path(name)
         return p if p.is_absolute() else self.base / p
+
+    def _stage1_resolution(self) -> int:
+        if self._given_stage1 is not None:
+            return self._given_stage1.resolutions[0]
+        return self._stage1_config().stage.resolution
 
     def _stage1_config(self) -> TrainConfig:
         s1 = self.config.stage1
@@ -325,7 +370,7 @@ class Study:
         self.log(f"study {self.config_path} → {self.out}")
         self._data()
         chosen = [(v, seed) for v in self.config.variants if not self.only or v.name in self.only
-                  for seed in v.seeds]
+                  for seed in v.seeds if not self.seeds or seed in self.seeds]
         if self.train_only:  # the higher stages need no stage 1 to train
             for v, seed in chosen:
                 self._variant(v, seed, evaluate=False)
@@ -347,7 +392,7 @@ class Study:
         else:
             root = default_dataset((64, 16))
         info = read_json(root / INFO_FILE)
-        need = {self._stage1_config().stage.resolution}
+        need = {self._stage1_resolution()}
         for v in self.config.variants:
             st = self._variant_config(v, v.seeds[0], 1).stage
             need |= {st.resolution, st.input_resolution}
@@ -382,6 +427,9 @@ class Study:
         return result.cost.to_dict()
 
     def _stage1(self) -> None:
+        if self._given_stage1 is not None:
+            self.log(f"stage 1: the first stage of {self.config.stage1.cascade} (not trained here)")
+            return
         cfg = self._stage1_config()
         cap = self.config.stage1.max_minutes
         limit = f", at most {cap:g} min" if cap is not None else ""
@@ -403,8 +451,13 @@ class Study:
                                      inception=self._inception_model()))
 
     def _shared_eval(self) -> None:
-        """Stage-1 samples, the references and the floors, computed once for every variant."""
+        """Stage-1 samples, the references (image folders and their Inception statistics) and
+        the floors, computed once for every variant; the seconds each part took the first time
+        it ran go to ``eval/timing.json`` (the study's own cost, not a variant's)."""
         e, ev = self.config.eval, self.out / "eval"
+        timing_file = ev / "timing.json"
+        timing = read_json(timing_file) if timing_file.is_file() else {}
+        part = functools.partial(_timed, timing, keep_first=True)
         self.n = e.samples
         res = self.resolution
         heldout = len(open_dataset(self.heldout_root, resolution=res))
@@ -419,30 +472,51 @@ class Study:
             train_n)[:self.n_sr].tolist()
         write_images(data_images(self.train_root, self.train_pick, res), self.refs["train"])
         self.stage1_samples = ev / "stage1_samples"
-        if self.use_stage1:
-            self._stage1_samples(ev)
+        if self.use_stage1 and not (ev / "stage1.json").is_file():  # written when all are done
+            with part("stage1_samples"):
+                self._stage1_samples(ev)
+        with part("references"):  # cached by content: later variants and reruns only read them
+            self.log("references: Inception statistics of the data sets (cached)")
+            for folder in self.refs.values():
+                folder_reference(folder, self._inception_model(), progress=False)
         floors_file = ev / "floors.json"
         if not floors_file.is_file():
             self.log("floors: split-half FID and up(down(x)) of the held-out images")
-            scale = res // self._stage1_config().stage.resolution
-            write_round_trip(self.heldout_root, ev / "floor_up_down", self.n_sr, scale)
-            floors = {"n": self.n_sr,
-                      "split_half": self._eval(self.refs["train"], self.refs["heldout"]),
-                      "up_down_heldout": self._eval(ev / "floor_up_down", self.refs["heldout"])}
-            write_json(finite_or_none(floors), floors_file)
+            with part("floors"):
+                scale = res // self._stage1_resolution()
+                write_round_trip(self.heldout_root, ev / "floor_up_down", self.n_sr, scale)
+                floors = {"n": self.n_sr,
+                          "split_half": self._eval(self.refs["train"], self.refs["heldout"]),
+                          "up_down_heldout": self._eval(ev / "floor_up_down",
+                                                        self.refs["heldout"])}
+                write_json(finite_or_none(floors), floors_file)
+        if self.world.is_main:
+            write_json(timing, timing_file)
 
     def _stage1_samples(self, ev: Path) -> None:
         """Seeds ``0..n-1`` of stage 1 with the study's sampler settings, and its record."""
-        stage1 = cascade_from_snapshots([self.out / "stage1"])
-        wanted = self._stage1_config().stage  # the study's sampler settings, not the snapshot's
-        stage1.configs[0].edm_sampler, stage1.configs[0].guidance = wanted.edm_sampler, wanted.guidance
+        given = self._given_stage1
+        if given is not None:
+            stage1 = given
+        else:
+            stage1 = cascade_from_snapshots([self.out / "stage1"])
+            wanted = self._stage1_config().stage  # the study's sampler settings, not the snapshot's
+            stage1.configs[0].edm_sampler = wanted.edm_sampler
+            stage1.configs[0].guidance = wanted.guidance
         self.log(f"stage 1 samples: {self.n} seeds")
         self._write_samples(stage1, self.n, self.stage1_samples)
-        s1 = newest_state(self.out / "stage1")
-        if self.world.is_main and s1 is not None:
-            write_json(finite_or_none({"run": str(self.out / "stage1"), "cost": s1["cost"],
-                                       "config": s1["config"], "samples": self.n}),
-                       ev / "stage1.json")
+        if not self.world.is_main:
+            return
+        if given is not None:
+            record = {"cascade": self.config.stage1.cascade,
+                      "training": (given.training or [None])[0],
+                      "config": given.configs[0].to_dict(),
+                      "guide": 0 in given.guide_configs, "samples": self.n}
+        else:
+            s1 = newest_state(self.out / "stage1")
+            record = {"run": str(self.out / "stage1"), "cost": s1["cost"], "config": s1["config"],
+                      "samples": self.n}
+        write_json(finite_or_none(record), ev / "stage1.json")
 
     def _write_samples(self, cascade: RelayCascade, n: int, folder: Path) -> None:
         """Seeds ``0..n-1`` of ``cascade`` into a sample folder, shared out over torchrun ranks."""
@@ -457,7 +531,7 @@ class Study:
     def _low(self, part: str) -> torch.Tensor:
         """The low-resolution inputs of the SR sets (``heldout``: the first images; ``train``:
         the study's seeded pick), at the stage-1 resolution."""
-        r1 = self._stage1_config().stage.resolution
+        r1 = self._stage1_resolution()
         root, idx = ((self.heldout_root, range(self.n_sr)) if part == "heldout"
                      else (self.train_root, self.train_pick))
         return data_images(root, idx, r1).float()
@@ -532,12 +606,7 @@ class Study:
         e = self.config.eval
         result: dict = {"nfe": stage_nfe(stage_cfg)}
         parts: dict[str, float] = {}  # seconds per part of the evaluation
-
-        @contextlib.contextmanager
-        def part(name: str) -> Iterator[None]:
-            t = time.perf_counter()
-            yield
-            parts[name] = parts.get(name, 0.0) + time.perf_counter() - t
+        part = functools.partial(_timed, parts)
 
         cascade = RelayCascade([stage_cfg], [den])
         if stage_cfg.kind == "edm":  # end to end at the target resolution
@@ -561,11 +630,17 @@ class Study:
             final = ev / "sr_heldout"
             if v.sample_levels:
                 result["sample_levels"] = []
+                own = cfg.stage.sr.sample_level
                 with part("sample_levels"):
                     for level in v.sample_levels:
                         stage_cfg.sr.sample_level = level
-                        folder = self._upscale(cascade, self._low("heldout")[:e.curve_samples],
-                                               HELDOUT_SEED0, ev / f"level_{level:g}")
+                        folder = ev / f"level_{level:g}"
+                        if level == own and self.world.is_main:  # the held-out set's first images
+                            _link_samples(ev / "sr_heldout", folder,
+                                          range(HELDOUT_SEED0, HELDOUT_SEED0 + e.curve_samples))
+                        self.world.barrier()
+                        self._upscale(cascade, self._low("heldout")[:e.curve_samples],
+                                      HELDOUT_SEED0, folder)
                         result["sample_levels"].append({"level": level, **self._eval(
                             folder, self.refs["heldout"], ["fid", "kid"])})
                 stage_cfg.sr.sample_level = cfg.stage.sr.sample_level
@@ -641,6 +716,8 @@ class Study:
                     results.append(read_json(f))
         floors = read_json(self.out / "eval" / "floors.json")
         s1_file = self.out / "eval" / "stage1.json"
+        timing_file = self.out / "eval" / "timing.json"
+        shared = read_json(timing_file) if timing_file.is_file() else {}
         summary = summarize(results, floors)
         out = {
             "relaydiff_version": __version__,
@@ -653,12 +730,13 @@ class Study:
             "stage1": read_json(s1_file) if s1_file.is_file() else None,
             "metric_references": {k: str(p) for k, p in self.refs.items()},
             "floors": floors,
+            "shared_eval_seconds_by_part": shared,
             "variants": results,
             "summary": summary,
         }
         write_json(finite_or_none(out), self.out / "results.json")
         with atomic_writer(self.out / "table.md") as f:
-            f.write(markdown_table(summary, results).encode())
+            f.write(markdown_table(summary, results, shared).encode())
         if results:
             figures(out, self.out / "figures", self.out)
         self.log(f"wrote {self.out / 'results.json'} ({len(results)} runs)")
@@ -712,9 +790,10 @@ def _cell(stat: dict | None, digits: int) -> str:
     return text
 
 
-def markdown_table(summary: list[dict], results: list[dict]) -> str:
+def markdown_table(summary: list[dict], results: list[dict], shared: dict | None = None) -> str:
     """The summary as a Markdown table (every value is ``results.json``'s ``summary``, rounded;
-    ``±`` is half the spread over the seeds), with the evaluation / training time split."""
+    ``±`` is half the spread over the seeds), with the evaluation / training time split, and
+    the study's ``shared`` evaluation seconds (once for all runs) below it."""
     head = ("| variant | seeds | training GFLOPs | images | NFE | cascade FID | SR-FID held-out | "
             "SR-FID train | precision | recall | KID×1e3 | spectrum | eval / train time |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
@@ -738,7 +817,11 @@ def markdown_table(summary: list[dict], results: list[dict]) -> str:
             f"{_cell(row['sr_train_fid'], 1)} | {_cell(row['precision'], 3)} | "
             f"{_cell(row['recall'], 3)} | {_cell(kid, 1)} | {_cell(row['spectrum'], 3)} | "
             f"{100 * ratio:.0f} % |")
-    return head + "\n".join(lines) + "\n"
+    foot = ""
+    if shared:
+        spent = ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in shared.items())
+        foot = f"\nShared evaluation, once for all {len(results)} runs: {spent}.\n"
+    return head + "\n".join(lines) + "\n" + foot
 
 
 def figures(results: dict, folder: Path, out: Path) -> None:
