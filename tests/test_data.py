@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import shutil
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from relaydiff.data.sources import (
     fetch_fluent_emoji_3d,
     npm_tarball,
 )
+from relaydiff.io.images import load_image
 
 RNG = np.random.default_rng(1234)
 
@@ -109,6 +111,16 @@ def test_rgba_composited_on_background_and_grey_to_rgb(tmp_path):
     shutil.move(tmp_path / "grey.png", tmp_path / "grey" / "g.png")
     image = ImageFolderDataset(tmp_path / "grey")[0][0].numpy()
     assert all((image[c] == grey).all() for c in range(3))
+
+
+def test_decoded_images_are_writable_arrays(tmp_path):
+    """torch.from_numpy warns on (and must not write through) a read-only array."""
+    write(tmp_path / "a.png", RNG.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+    decoded = load_image(tmp_path / "a.png")
+    assert decoded.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.from_numpy(decoded)
 
 
 def test_background_colour_errors(tmp_path):

@@ -31,7 +31,8 @@ def load_image(
     *,
     name: str | None = None,
 ) -> np.ndarray:
-    """Decode ``path`` (a file name or an open binary file) to an ``H×W×3`` uint8 RGB array.
+    """Decode ``path`` (a file name or an open binary file) to a writable ``H×W×3`` uint8 RGB
+    array.
 
     Alpha is composited over ``background``; greyscale and palette images become RGB.
     Raises ``ValueError`` naming the file (``name`` if given, e.g. a member of a zip file) if it
@@ -44,7 +45,7 @@ def load_image(
                 rgba = im.convert("RGBA")
                 base = Image.new("RGBA", rgba.size, (*background, 255))
                 im = Image.alpha_composite(base, rgba)
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+            return np.array(im.convert("RGB"), dtype=np.uint8)  # writable (torch.from_numpy)
     except _DECODE_ERRORS as e:
         raise _unreadable(name if name is not None else path, e) from None
 
