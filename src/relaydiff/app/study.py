@@ -439,7 +439,7 @@ class Study:
             if not got:
                 raise ValueError(f"{self.out / 'stage1'}: another process trains stage 1; wait "
                                  "for it, or run this study with --train-only")
-            self.stage1_cost = self._train(cfg, self.out / "stage1", cap)
+            self._train(cfg, self.out / "stage1", cap)
 
     def _inception_model(self):
         if self._inception is None:
@@ -635,10 +635,9 @@ class Study:
                     for level in v.sample_levels:
                         stage_cfg.sr.sample_level = level
                         folder = ev / f"level_{level:g}"
-                        if level == own and self.world.is_main:  # the held-out set's first images
-                            _link_samples(ev / "sr_heldout", folder,
-                                          range(HELDOUT_SEED0, HELDOUT_SEED0 + e.curve_samples))
-                        self.world.barrier()
+                        if level == own:  # the held-out set's first images
+                            self._reuse(ev / "sr_heldout", folder,
+                                        range(HELDOUT_SEED0, HELDOUT_SEED0 + e.curve_samples))
                         self._upscale(cascade, self._low("heldout")[:e.curve_samples],
                                       HELDOUT_SEED0, folder)
                         result["sample_levels"].append({"level": level, **self._eval(
@@ -665,6 +664,12 @@ class Study:
         save_png(grid, ev / "artifacts.png")
         return rows
 
+    def _reuse(self, src: Path, dst: Path, seeds: range) -> None:
+        """Samples of ``seeds`` already in ``src`` become ``dst``'s (linked once, on rank 0)."""
+        if self.world.is_main:
+            _link_samples(src, dst, seeds)
+        self.world.barrier()
+
     def _quick_fid(self, stage_cfg: StageConfig, den, folder: Path, same_as: Path | None) -> dict:
         """FID and KID of ``curve_samples`` images: held-out SR for higher stages, samples
         against all data for an end-to-end stage. ``same_as``: a sample folder this setting
@@ -672,9 +677,8 @@ class Study:
         n = self.config.eval.curve_samples
         edm = stage_cfg.kind == "edm"
         seeds = range(n) if edm else range(HELDOUT_SEED0, HELDOUT_SEED0 + n)
-        if same_as is not None and self.world.is_main:
-            _link_samples(same_as, folder, seeds)
-        self.world.barrier()
+        if same_as is not None:
+            self._reuse(same_as, folder, seeds)
         cascade = RelayCascade([stage_cfg], [den])
         if edm:
             self._write_samples(cascade, n, folder)
