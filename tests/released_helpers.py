@@ -125,9 +125,10 @@ def write_snapshot(path: Path, network: PersistentRecord, loss: PersistentRecord
     return path
 
 
-def write_training_state(path: Path, network: PersistentRecord) -> Path:
-    """An RDM/EDM ``training-state-*.pt`` (torch zip file)."""
+def write_training_state(path: Path, network: PersistentRecord, optimizer_state: dict | None = None) -> Path:
+    """An RDM/EDM ``training-state-*.pt`` (torch zip file), saved as their training loops save it:
+    ``torch.save`` with its default pickle protocol (2)."""
     with edm_modules():
-        torch.save({"net": network, "ema": network, "optimizer_state": {"state": {}, "param_groups": []},
-                    "step": 7}, path)
+        torch.save({"net": network, "ema": network,
+                    "optimizer_state": optimizer_state or {"state": {}, "param_groups": []}, "step": 7}, path)
     return path

@@ -3,11 +3,13 @@ the same outputs, hostile files refused without running anything."""
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import pickle
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,7 @@ from relaydiff import RelayCascade
 from relaydiff.networks import build_network
 from relaydiff.precond import EDMPrecond
 from relaydiff.released.convert import convert
+from relaydiff.released.unpickle import read_checkpoint
 from relaydiff.stage import load_stage
 
 DHARIWAL = dict(model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8],
@@ -140,24 +143,92 @@ def test_plain_state_dict_is_converted_when_unambiguous(tmp_path):
         assert_same_outputs(tmp_path / name.replace(".", "_"), den, 5)
 
 
-class _System:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
+def test_training_state_of_the_released_training_loop_converts(tmp_path):
+    """RDM's training loop saves ``torch.save(dict(optimizer_state=…, step=…, ema=…, net=…))``
+    (protocol 2, which writes the bytes of NumPy scalars as ``_codecs.encode(…, 'latin1')``); the
+    NumPy values among the constructor arguments become plain numbers of the stage's config."""
+    den = network("unet", DHARIWAL, 0)
+    kwargs = dict(DHARIWAL, model_channels=np.int64(16), channel_mult=[np.int64(1), np.int64(2)],
+                  dropout=np.float32(0.0))
+    rec = edm_network_record(den, kwargs, np.int64(16))
+    rec.meta["state"]["_init_kwargs"]["sigma_data"] = np.float64(den.sigma_data)
+    params = [p.detach().clone().requires_grad_() for p in den.parameters()]
+    opt = torch.optim.Adam(params, lr=1e-4)
+    sum(p.sum() for p in params).backward()
+    opt.step()
+    f = write_training_state(tmp_path / "training-state-000100.pt", rec, opt.state_dict())
+    with zipfile.ZipFile(f) as z:
+        data = z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
+    assert data[:2] == b"\x80\x02" and b"c_codecs\nencode\n" in data and b"multiarray\nscalar\n" in data
+    r = run("convert", str(f), "--out", str(tmp_path / "stage"))
+    assert r.returncode == 0, r.stderr
+    assert_same_outputs(tmp_path / "stage", den, 0)
+    net = json.loads((tmp_path / "stage" / "config.json").read_text())["network"]
+    assert (net["model_channels"], net["channel_mult"], net["dropout"]) == (16, [1, 2], 0.0)
+    assert json.loads((tmp_path / "stage" / "source.json").read_text())["kind_of_file"] == "training state"
+
+
+@pytest.mark.parametrize("module", ["numpy.core.multiarray", "numpy._core.multiarray"],
+                         ids=["numpy-1-names", "numpy-2-names"])
+def test_numpy_scalars_and_arrays_are_read_as_data(tmp_path, module):
+    """Protocol-2 NumPy scalars and arrays of the allowed dtypes, under NumPy 1's and NumPy 2's
+    module names, read as NumPy itself reads them."""
+    values = {"f8": np.float64(0.1), "i8": np.int64(-3), "f4": np.float32(0.5), "f2": np.float16(1.5),
+              "u1": np.uint8(7), "b1": np.bool_(True), "c8": np.complex64(1 + 2j),
+              "array": np.arange(6.0).reshape(2, 3), "big-endian": np.arange(4, dtype=">i4"),
+              "fortran": np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3))}
+    stream = pickle.dumps(values, protocol=2)
+    expected = pickle.loads(stream)
+    stream = stream.replace(b"cnumpy._core.multiarray\n", f"c{module}\n".encode())
+    assert f"c{module}\nscalar\n".encode() in stream and b"c_codecs\nencode\n" in stream
+    (tmp_path / "numpy.pkl").write_bytes(stream)
+    got = read_checkpoint(tmp_path / "numpy.pkl")
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert isinstance(got[key], type(value)) and got[key].dtype == value.dtype, key
+        assert np.shape(got[key]) == np.shape(value) and np.array_equal(got[key], value), key
+
+
+class _Reduce:
+    """Pickles as the call it is given (``(callable, args[, state])``), for hostile files."""
+
+    def __init__(self, *reduce) -> None:
+        self.reduce = reduce
 
     def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
+        return self.reduce
+
+
+NUMPY_SCALAR = np.float64(0).__reduce__()[0]  # numpy.(_)core.multiarray.scalar
 
 
 def _hostile_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     marker = tmp_path / "PWNED"
+    system = _Reduce(os.system, (f"touch {marker}",))
     files = {}
-    (tmp_path / "system.pkl").write_bytes(pickle.dumps({"ema": _System(marker)}))
+    (tmp_path / "system.pkl").write_bytes(pickle.dumps({"ema": system}))
     files["os.system in a pickle"] = (tmp_path / "system.pkl", "global posix.system")
     src = f"open({str(marker)!r}, 'w').write('ran')\n"
     with edm_modules():
         payload = PersistentRecord("Payload", {}, module_src=src)
         (tmp_path / "record.pkl").write_bytes(pickle.dumps({"ema": payload}))
-        torch.save({"ema": _System(marker)}, tmp_path / "foreign.pt")
+        torch.save({"ema": system}, tmp_path / "foreign.pt")
+    torch.save({"ema": _Reduce(codecs.encode, ("payload", "rot13"))}, tmp_path / "rot13.pt")
+    files["_codecs.encode with rot13 in a .pt"] = (tmp_path / "rot13.pt", "encoding 'rot13'")
+    (tmp_path / "utf8.pkl").write_bytes(pickle.dumps(_Reduce(codecs.encode, ("é", "utf-8")), protocol=2))
+    files["_codecs.encode with utf-8"] = (tmp_path / "utf8.pkl", "encoding 'utf-8'")
+    (tmp_path / "object.pkl").write_bytes(pickle.dumps(
+        {"ema": _Reduce(NUMPY_SCALAR, (np.dtype("O"), system))}, protocol=2))
+    files["a NumPy scalar of object dtype"] = (tmp_path / "object.pkl", "NumPy dtype 'O8'")
+    (tmp_path / "void.pkl").write_bytes(pickle.dumps({"ema": np.zeros((), [("a", "<f8")])[()]}, protocol=2))
+    files["a NumPy structured (void) scalar"] = (tmp_path / "void.pkl", "NumPy dtype 'V8'")
+    # A float64 dtype whose state sets NumPy's has-object flags: its numbers would be read as
+    # object pointers.
+    pointer = _Reduce(np.dtype, ("f8", False, True), (3, "<", None, None, None, -1, -1, 63))
+    (tmp_path / "flags.pkl").write_bytes(pickle.dumps(
+        {"ema": _Reduce(NUMPY_SCALAR, (pointer, bytes(8)))}, protocol=2))
+    files["a NumPy dtype with object flags"] = (tmp_path / "flags.pkl",
+                                                "float64 dtype with a state other than its byte order")
     files["a record of an unknown class"] = (tmp_path / "record.pkl", "class 'Payload'")
     files["a .pt with a foreign global"] = (tmp_path / "foreign.pt", "global posix.system")
     good = write_snapshot(tmp_path / "good.pkl", edm_network_record(

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..io.files import atomic_folder, sha256_file, write_json
@@ -37,6 +38,16 @@ RELAY_FIELDS = {"scale": ("scale", "up_scale"), "prob_length": ("prob_length", "
                 "block_alpha": ("block_alpha", "block_scale")}
 
 
+def _plain(value: Any) -> Any:
+    """A constructor argument as JSON data: NumPy scalars (a protocol-2 ``.pt`` holds them) as
+    Python numbers, tuples as lists."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _network_config(model: Record, where: str) -> dict:
     """relaydiff's network config from an EDM network record's constructor arguments."""
     name, cls = NETWORKS[model.class_name]
@@ -49,7 +60,7 @@ def _network_config(model: Record, where: str) -> dict:
     if unknown:
         raise ValueError(f"{where}: {model.class_name} argument(s) {', '.join(unknown)} are not "
                          "supported by relaydiff's network")
-    return {"name": name, **{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}}
+    return {"name": name, **{k: _plain(v) for k, v in kwargs.items()}}
 
 
 def _from_record(net: Record, where: str) -> tuple[dict, dict, dict[str, torch.Tensor]]:

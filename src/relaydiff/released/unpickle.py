@@ -9,7 +9,13 @@ files need, each mapped to something that builds data:
 * tensors and storages (``torch._utils._rebuild_tensor_v2``, ``_rebuild_parameter``, the
   ``torch.*Storage`` types of a torch zip file; a storage embedded in a plain pickle is itself
   read with ``torch.load(weights_only=True)``);
-* ``collections.OrderedDict``, ``builtins.set``, NumPy scalars, dtypes and arrays;
+* ``collections.OrderedDict``, ``builtins.set``;
+* ``_codecs.encode(text, 'latin1')``, which is how pickle protocol 2 (``torch.save``'s default)
+  writes ``bytes``: any other encoding is refused;
+* NumPy scalars, dtypes and arrays of the plain number and bool dtypes of :data:`NUMPY_DTYPES`,
+  under their NumPy 1 (``numpy.core.multiarray``) and NumPy 2 (``numpy._core.multiarray``)
+  names: a dtype is rebuilt from its name and may change only its byte order (object,
+  structured, void, string and datetime dtypes, fields, sub-arrays and flags are refused);
 * EDM's persistence records (``torch_utils.persistence._reconstruct_persistent_obj``) as
   :class:`Record` objects (class name and state; the module source is kept as a string and
   never compiled or run), for the class names in :data:`KNOWN_CLASSES` only;
@@ -29,15 +35,10 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
-
-try:  # NumPy 2
-    from numpy._core.multiarray import scalar as _np_scalar
-except ImportError:  # NumPy 1
-    from numpy.core.multiarray import scalar as _np_scalar
 
 # Class names of EDM's and RDM's persistent classes that relaydiff reads (networks, their
 # layers, losses and the augmentation pipe).
@@ -47,6 +48,11 @@ KNOWN_CLASSES = frozenset({
     "EDMLoss", "VPLoss", "VELoss", "BlurLoss", "AugmentPipe",
 })
 TORCH_CONTAINERS = frozenset({"ModuleDict", "ModuleList", "Sequential"})
+# NumPy dtypes (as pickles name them) of the scalars and arrays relaydiff reads: bool, integers,
+# floats and complex numbers.
+NUMPY_DTYPES = frozenset({"b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8",
+                          "c8", "c16"})
+NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")  # NumPy 1, NumPy 2
 
 
 class UnsafeFile(ValueError):  # noqa: N818 (the file, not an error, is what is unsafe)
@@ -128,11 +134,72 @@ def _rebuild_parameter(data, requires_grad, backward_hooks, *state):
     return data.detach()
 
 
-def _numpy_reconstruct(cls, shape, dtype):
-    """An empty ndarray that the following BUILD fills (``numpy.core.multiarray._reconstruct``)."""
-    if cls is not np.ndarray:
-        raise UnsafeFile(f"a NumPy array of class {cls!r}")
-    return np.ndarray.__new__(cls, shape, dtype)
+def _latin1_bytes(text: Any, encoding: Any = "utf-8") -> bytes:
+    """``_codecs.encode(text, 'latin1')``: the ``bytes`` of a protocol-2 pickle. Anything but a
+    string, or any other encoding, is refused."""
+    if type(text) is not str or type(encoding) is not str or encoding != "latin1":
+        shown = repr(encoding)[:40] if type(encoding) is str else f"a {type(encoding).__name__}"
+        raise UnsafeFile(f"_codecs.encode of a {type(text).__name__} with the encoding {shown} "
+                         "(protocol-2 bytes are 'latin1' strings only)")
+    return text.encode("latin1")
+
+
+class NumpyDType:
+    """``numpy.dtype(name, align, copy)`` read as data: ``name`` must be in :data:`NUMPY_DTYPES`,
+    and the state that pickle's BUILD then gives may set the byte order only (a state with fields,
+    a sub-array or flags would make NumPy read numbers as object pointers). ``dtype`` is the
+    NumPy dtype, made here."""
+
+    def __init__(self, name: Any, align: Any = False, copy: Any = True) -> None:
+        if type(name) is not str or name not in NUMPY_DTYPES:
+            shown = repr(name)[:40] if type(name) is str else f"of a {type(name).__name__}"
+            raise UnsafeFile(f"a NumPy dtype {shown}; relaydiff reads the dtypes "
+                             f"{', '.join(sorted(NUMPY_DTYPES))} only")
+        self.dtype = np.dtype(name)
+
+    def __setstate__(self, state: Any) -> None:
+        order = state[1] if type(state) is tuple and len(state) == 8 and type(state[1]) is str else ""
+        dtype = self.dtype.newbyteorder(order) if order in ("<", ">", "|") else None
+        # The state NumPy itself gives this dtype: (3, order, None, None, None, -1, -1, flags).
+        expected = dtype.__reduce__()[2] if dtype is not None else None
+        if expected is None or tuple(map(type, state)) != tuple(map(type, expected)) or state != expected:
+            raise UnsafeFile(f"a NumPy {self.dtype} dtype with a state other than its byte order")
+        self.dtype = dtype
+
+
+def _numpy_scalar(dtype: Any, data: Any) -> np.generic:
+    """``numpy.core.multiarray.scalar``: a NumPy number of an allowed dtype, from its bytes."""
+    if not isinstance(dtype, NumpyDType):
+        raise UnsafeFile(f"a NumPy scalar of a {type(dtype).__name__} instead of a dtype")
+    if type(data) is not bytes or len(data) != dtype.dtype.itemsize:
+        raise ValueError(f"a NumPy {dtype.dtype} scalar whose data is not {dtype.dtype.itemsize} bytes")
+    return np.frombuffer(data, dtype.dtype)[0]
+
+
+def _ndarray(*args: Any) -> NoReturn:
+    """``numpy.ndarray``: only the class argument of ``_reconstruct``, never called."""
+    raise UnsafeFile("a call of numpy.ndarray")
+
+
+class NumpyArray(np.ndarray):
+    """An ndarray of a pickle: ``_reconstruct`` makes it empty, and pickle's BUILD fills it from
+    ``(version, shape, dtype, fortran, data)`` whose dtype must be a :class:`NumpyDType`."""
+
+    def __setstate__(self, state: Any) -> None:
+        if not (type(state) is tuple and len(state) == 5 and isinstance(state[2], NumpyDType)
+                and type(state[4]) is bytes):
+            raise UnsafeFile("a NumPy array state other than (version, shape, allowed dtype, order, "
+                             "bytes)")
+        version, shape, dtype, fortran, data = state
+        super().__setstate__((version, shape, dtype.dtype, fortran, data))
+
+
+def _numpy_reconstruct(cls: Any, shape: Any, dtype: Any) -> NumpyArray:
+    """``numpy.core.multiarray._reconstruct``: an empty array that the following BUILD fills
+    (its shape and dtype arguments are placeholders)."""
+    if cls is not _ndarray:
+        raise UnsafeFile(f"a NumPy array of {cls.__name__ if isinstance(cls, type) else type(cls).__name__}")
+    return np.ndarray.__new__(NumpyArray, (0,), np.int8)
 
 
 _ALLOWED: dict[tuple[str, str], Any] = {
@@ -147,11 +214,11 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent_record,
     ("dnnlib.util", "EasyDict"): EasyDict,
     ("copyreg", "_reconstructor"): _container_record,
-    ("numpy", "dtype"): np.dtype,
-    ("numpy", "ndarray"): np.ndarray,
-    **{(m, "scalar"): _np_scalar for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
-    **{(m, "_reconstruct"): _numpy_reconstruct
-       for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    ("_codecs", "encode"): _latin1_bytes,
+    ("numpy", "dtype"): NumpyDType,
+    ("numpy", "ndarray"): _ndarray,
+    **{(m, "scalar"): _numpy_scalar for m in NUMPY_MODULES},
+    **{(m, "_reconstruct"): _numpy_reconstruct for m in NUMPY_MODULES},
 }
 
 
@@ -191,17 +258,14 @@ def read_checkpoint(path: str | Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=False, mmap=True,
                               pickle_module=restricted_pickle)
         with open(path, "rb") as f:
-            head = f.read(2)
-            if not head or head[0] != 0x80:
-                raise ValueError(f"{path}: not a pickle or torch file (an EDM .pkl snapshot or a "
-                                 ".pt training state)")
-            f.seek(0)
-            return RestrictedUnpickler(f).load()
+            if f.read(1) == b"\x80":  # pickle's PROTO opcode
+                f.seek(0)
+                return RestrictedUnpickler(f).load()
     except UnsafeFile as e:
         raise UnsafeFile(f"{path}: refused: {e}; nothing was run or written") from None
-    except ValueError:
-        raise
-    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, AttributeError,
+    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, AttributeError, ValueError,
             TypeError, IndexError, KeyError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path}: truncated or damaged checkpoint ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    raise ValueError(f"{path}: not a pickle or torch file (an EDM .pkl snapshot or a .pt training "
+                     "state)")
