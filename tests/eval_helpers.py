@@ -1,4 +1,5 @@
-"""Real images for the evaluation tests: fluent-emoji-3d (npm) at 64×64, and small blur/noise.
+"""Real images for the evaluation tests: fluent-emoji-3d (npm) at 64×64, resized copies, and
+small blur/noise.
 
 The npm tarball is fetched once by ``relaydiff.data.sources.npm_tarball`` into the cache
 (``~/.cache/relaydiff/npm``); images are composited over white and box-downsampled 256 → 64.
@@ -12,6 +13,7 @@ import tarfile
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from relaydiff.data.sources import FLUENT_EMOJI_3D, npm_tarball
 from relaydiff.io.images import load_image
@@ -48,3 +50,10 @@ def add_noise(images: torch.Tensor, std: float, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(images.shape, generator=g, dtype=torch.float64) * std
     return (images.double() + noise).round().clamp(0, 255).to(torch.uint8)
+
+
+def resized(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """uint8 images resized with PIL's bicubic filter, as a user would make odd-sized sets."""
+    out = [np.asarray(Image.fromarray(im).resize((width, height), Image.Resampling.BICUBIC))
+           for im in images.permute(0, 2, 3, 1).numpy()]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from eval_helpers import add_noise, emoji_images, gaussian_blur
+from eval_helpers import add_noise, emoji_images, gaussian_blur, resized
+from PIL import Image
 from scipy import linalg
 
 from relaydiff.app.cli import main
@@ -42,9 +43,14 @@ def numpy_fid(f1: np.ndarray, f2: np.ndarray) -> float:
     return float((m1 - m2) @ (m1 - m2) + np.trace(s1) + np.trace(s2) - 2 * tr)
 
 
-def write_set(folder: Path, images: torch.Tensor) -> Path:
+def write_set(folder: Path, images: torch.Tensor, suffix: str = ".png") -> Path:
+    """One file per image, PNG or (``suffix=".jpg"``) JPEG at PIL's default quality."""
+    folder.mkdir(parents=True, exist_ok=True)
     for i, im in enumerate(images.permute(0, 2, 3, 1).numpy()):
-        save_png(im, folder / f"{i:04d}.png")
+        if suffix == ".png":
+            save_png(im, folder / f"{i:04d}.png")
+        else:
+            Image.fromarray(im).save(folder / f"{i:04d}{suffix}")
     return folder
 
 
@@ -490,3 +496,106 @@ def test_reference_formats_give_the_fid_of_their_statistics(tmp_path, emoji):
     np.savez(tmp_path / "other.npz", something=np.zeros(3))
     with pytest.raises(ValueError, match="not a reference file relaydiff knows"):
         evaluate(samples, tmp_path / "other.npz", ["fid"], progress=False)
+
+
+@needs_weights
+@pytest.mark.parametrize("height, width, suffix", [(299, 299, ".png"), (96, 96, ".jpg"),
+                                                   (80, 120, ".png")])
+def test_folder_reference_of_any_size_gives_the_fid_of_its_npz(tmp_path, emoji, capsys, monkeypatch,
+                                                                height, width, suffix):
+    """A dataset folder of 299×299, 96×96 (JPEG) or non-square images as --ref: fid, sfid and
+    P/R equal those against the .npz statistics `eval ref` writes of the same folder; swd, which
+    such sizes cannot support, is refused with one line only when it is asked for."""
+    monkeypatch.setenv("RELAYDIFF_CACHE", str(tmp_path / "cache"))
+    ref = write_set(tmp_path / "ref", resized(emoji[:6], height, width), suffix)
+    samples = write_set(tmp_path / "samples", resized(emoji[6:11], height, width), suffix)
+    metrics = ["--metrics", "fid,sfid,pr,spectrum", "--quiet"]
+    code, _, err = run_cli(["eval", str(samples), "--ref", str(ref), *metrics,
+                            "--out", str(tmp_path / "folder.json")], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["eval", "ref", str(ref), "--out", str(tmp_path / "ref.npz"),
+                              "--quiet"], capsys)
+    assert code == 0 and "no SWD statistics" in out, err
+    code, _, err = run_cli(["eval", str(samples), "--ref", str(tmp_path / "ref.npz"), *metrics,
+                            "--out", str(tmp_path / "npz.json")], capsys)
+    assert code == 0, err
+    folder, npz = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("folder", "npz"))
+    assert folder["resolution"] == [height, width] and folder["fid"] > 1
+    for key in ("fid", "sfid", "precision", "recall", "spectrum"):
+        assert folder[key] == pytest.approx(npz[key], rel=1e-9, abs=1e-12), key
+    for ref_arg in (ref, tmp_path / "ref.npz"):
+        code, out, err = run_cli(["eval", str(samples), "--ref", str(ref_arg), "--metrics",
+                                  "fid,swd"], capsys)
+        assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and not out
+        assert "swd needs square images" in err and f"these are {height}×{width}" in err
+        assert str(samples) in err and "leave swd out of the metrics" in err
+
+
+@needs_weights
+def test_folder_reference_cache_is_kept_per_part(tmp_path, emoji, monkeypatch):
+    """The folder reference is cached per part (Inception features, SWD descriptors,
+    spectrum): an entry made for fid is never served for swd; asking for swd later computes the
+    SWD descriptors alone and adds them; a damaged part is recomputed."""
+    import relaydiff.metrics.evaluate as ev
+
+    monkeypatch.setenv("RELAYDIFF_CACHE", str(tmp_path / "cache"))
+    ref, samples = write_set(tmp_path / "ref", emoji[:8]), write_set(tmp_path / "s", emoji[8:12])
+    passes = []
+    original = ev._pass
+    monkeypatch.setattr(ev, "_pass", lambda images, model, parts, *a: passes.append(
+        (images.path, frozenset(parts))) or original(images, model, parts, *a))
+
+    def reference_passes(metrics: list[str]) -> tuple[dict, list[set[str]]]:
+        passes.clear()
+        result = evaluate(samples, ref, metrics, progress=False)
+        return result, [set(parts) for path, parts in passes if path == ref]
+
+    fid_only, done = reference_passes(["fid"])
+    assert done == [{"inception"}]
+    with_swd, done = reference_passes(["fid", "swd"])
+    assert done == [{"swd"}] and with_swd["fid"] == fid_only["fid"]
+    np.savez(tmp_path / "adm.npz", arr_0=emoji[:8].permute(0, 2, 3, 1).numpy())  # not cached
+    assert with_swd["swd"] == evaluate(samples, tmp_path / "adm.npz", ["swd"], progress=False)["swd"]
+    assert reference_passes(["fid", "swd", "spectrum"])[1] == [{"spectrum"}]
+    again, done = reference_passes(["fid", "kid", "swd", "spectrum"])
+    assert done == [] and again["swd"] == with_swd["swd"]
+    files = {f.stem.split("-")[1]: f for f in (tmp_path / "cache" / "references").glob("*.npz")}
+    assert sorted(files) == ["inception", "spectrum", "swd"]
+    files["swd"].write_bytes(files["swd"].read_bytes()[:100])
+    repaired, done = reference_passes(["swd"])
+    assert done == [{"swd"}] and repaired["swd"] == with_swd["swd"]
+
+
+@needs_weights
+def test_eval_table_shows_kid_times_1e3_and_json_the_raw_value(tmp_path, emoji, capsys):
+    samples = write_set(tmp_path / "s", emoji[:3])
+    features = np.random.default_rng(0).standard_normal((6, 2048)).astype(np.float32)
+    Reference(pr_features=features).save(tmp_path / "ref.npz")
+    code, out, err = run_cli(["eval", str(samples), "--ref", str(tmp_path / "ref.npz"), "--metrics",
+                              "kid", "--out", str(tmp_path / "r.json"), "--quiet"], capsys)
+    assert code == 0, err
+    kid = json.loads((tmp_path / "r.json").read_text())["kid"]
+    row = re.search(r"^\s+KID ×1e3\s+(\S+)$", out, re.M)
+    assert row and row.group(1) == f"{1e3 * kid:.4f}" and abs(kid) > 1e-3, out
+    assert not re.search(r"^\s+KID\s+\S+$", out, re.M)
+
+
+@pytest.mark.parametrize("damage", ["object-array", "truncated", "garbage"])
+def test_corrupt_reference_npz_is_refused_without_pickle_advice(tmp_path, emoji, capsys, damage):
+    """A --ref .npz holding pickled objects, cut short or not an archive at all: one line naming
+    the file, why it is refused and how to rebuild it; never NumPy's advice to allow pickles."""
+    samples = write_set(tmp_path / "s", emoji[:2])
+    bad = tmp_path / "ref.npz"
+    if damage == "object-array":
+        np.savez(bad, mu=np.array([{"mean": 0.0}], dtype=object), sigma=np.eye(2))
+    else:
+        Reference(mu=np.zeros(64), sigma=np.eye(64)).save(bad)
+        data = bad.read_bytes()
+        bad.write_bytes(data[:len(data) // 2] if damage == "truncated" else b"mu sigma " * 50)
+    code, out, err = run_cli(["eval", str(samples), "--ref", str(bad), "--metrics", "spectrum"],
+                             capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"error: {bad}: ") and not out
+    assert "not a readable .npz reference file" in err and f"relaydiff eval ref DATASET --out {bad}" in err
+    assert "allow_pickle" not in err and "pickle.load" not in err and "unsafely" not in err
+    assert ("pickled Python objects in mu: not valid statistics, and unsafe" in err) == (
+        damage == "object-array")

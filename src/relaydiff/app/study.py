@@ -799,7 +799,7 @@ def markdown_table(summary: list[dict], results: list[dict], shared: dict | None
     ``±`` is half the spread over the seeds), with the evaluation / training time split, and
     the study's ``shared`` evaluation seconds (once for all runs) below it."""
     head = ("| variant | seeds | training GFLOPs | images | NFE | cascade FID | SR-FID held-out | "
-            "SR-FID train | precision | recall | KID×1e3 | spectrum | eval / train time |\n"
+            "SR-FID train | precision | recall | KID ×1e3 | spectrum | eval / train time |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for row in summary:

@@ -27,15 +27,26 @@ from .image_sets import ImageSet
 from .inception import InceptionV3
 from .inception_score import inception_score
 from .kid import kernel_inception_distance
-from .names import INCEPTION_METRICS, METRICS, MIN_IMAGES, parse_metrics
+from .names import INCEPTION_METRICS, MIN_IMAGES, parse_metrics
 from .precision_recall import precision_recall
 from .reference import PR_FEATURES, Reference
 from .spectrum import log_spectral_distance
+from .swd import MIN_RESOLUTION as SWD_MIN_RESOLUTION
+from .swd import supports as swd_supports
 from .swd import swd
 from .weights import default_source, load_inception, weights_hash
 
 NEEDS = {"fid": ("mu", "sigma"), "sfid": ("mu_s", "sigma_s"), "pr": ("pr_features",),
          "kid": ("pr_features",), "swd": ("swd",), "spectrum": ("spectrum",)}
+# What one pass computes, in independent parts: a metric's statistics come from one part.
+PARTS = {"inception": ("mu", "sigma", "mu_s", "sigma_s", "pr_features"), "swd": ("swd",),
+         "spectrum": ("spectrum",)}
+STATISTICS = tuple(stat for stats in PARTS.values() for stat in stats)
+
+
+def parts_of(metrics: Iterable[str]) -> set[str]:
+    """The parts a pass must compute for ``metrics``: ``inception`` for the Inception metrics."""
+    return {"inception" if m in INCEPTION_METRICS else m for m in metrics}
 
 
 def fid_name(label_sampling: str) -> str:
@@ -50,12 +61,28 @@ def _check_count(what: str, n: int, metrics: Iterable[str]) -> None:
                              "use more images")
 
 
-def _pass(images: ImageSet, model: InceptionV3 | None, metrics: set[str], batch_size: int,
+def _check_swd_size(images: ImageSet) -> None:
+    h, w = images.resolution
+    if not swd_supports(h, w):
+        raise ValueError(f"{images.path}: swd needs square images whose side is a power of two "
+                         f"≥ {SWD_MIN_RESOLUTION} (16, 32, 64, …), but these are {h}×{w}; leave "
+                         "swd out of the metrics (the other metrics take any size)")
+
+
+def _supported_metrics(images: ImageSet, model: InceptionV3 | None) -> set[str]:
+    """The reference-side metrics ``images`` (and ``model``, if any) can give statistics for."""
+    metrics = {"spectrum"} | ({"swd"} if swd_supports(*images.resolution) else set())
+    return metrics | (INCEPTION_METRICS - {"is"} if model is not None else set())
+
+
+def _pass(images: ImageSet, model: InceptionV3 | None, parts: set[str], batch_size: int,
           seed: int, progress: bool, desc: str) -> Collected:
+    if "swd" in parts:
+        _check_swd_size(images)
     rank, world = current_world()
     return collect(images.batches(batch_size, rank, world), len(images),
-                   model=model if metrics & INCEPTION_METRICS else None,
-                   swd="swd" in metrics, spectrum="spectrum" in metrics, seed=seed,
+                   model=model if "inception" in parts else None,
+                   swd="swd" in parts, spectrum="spectrum" in parts, seed=seed,
                    progress=progress, desc=desc)
 
 
@@ -75,34 +102,77 @@ def reference_from_collected(c: Collected, weights_sha256: str | None, seed: int
 def build_reference(dataset: str | Path, *, weights: str | None = None,
                     device: str | torch.device = "cpu", batch_size: int = 64, seed: int = 0,
                     progress: bool = True) -> Reference:
-    """All reference statistics of a dataset folder (or image ``.npz``) in one pass."""
+    """The reference statistics of a dataset folder (or image ``.npz``) in one pass: every
+    statistic its images support (no SWD descriptors unless they are square, power-of-two)."""
     images = ImageSet(dataset)
-    _check_count(str(dataset), len(images), ("fid", "pr"))
     model = load_inception(weights, device=device)
-    c = _pass(images, model, set(METRICS), batch_size, seed, progress, "reference")
+    metrics = _supported_metrics(images, model)
+    _check_count(str(dataset), len(images), metrics)
+    c = _pass(images, model, parts_of(metrics), batch_size, seed, progress, "reference")
     return reference_from_collected(c, weights_hash(model), seed)
 
 
-def folder_reference(folder: str | Path, model: InceptionV3, *, batch_size: int = 64, seed: int = 0,
+def _cache_file(content: str, part: str, weights_sha: str | None, seed: int) -> Path:
+    """``<cache>/references/<content>-<part>[-<weights>][-seed<seed>].npz``: one file per part,
+    keyed by what that part depends on (the spectrum on neither weights nor seed)."""
+    tags = [content.removeprefix("sha256:")[:24], part]
+    if part == "inception":
+        tags.append(weights_sha[:12])
+    if part != "spectrum":
+        tags.append(f"seed{seed}")
+    return cache_root() / "references" / f"{'-'.join(tags)}.npz"
+
+
+def _take_part(reference: Reference, source: Reference, part: str) -> None:
+    """Copy ``part``'s statistics (all of them, else ``ValueError``) and the set's identity."""
+    missing = [stat for stat in PARTS[part] if getattr(source, stat) is None]
+    if missing:
+        raise ValueError(f"{source.path}: no {', '.join(missing)}")
+    for stat in PARTS[part]:
+        setattr(reference, stat, getattr(source, stat))
+    reference.n_images, reference.resolution = source.n_images, source.resolution
+    reference.fingerprint = source.fingerprint
+
+
+def folder_reference(folder: str | Path, model: InceptionV3 | None,
+                     metrics: Iterable[str] | None = None, *, batch_size: int = 64, seed: int = 0,
                      progress: bool = True) -> Reference:
-    """All reference statistics of an image folder, cached by content: a second call with the
-    same files (names and bytes), Inception weights and seed reads them from
-    ``<cache>/references/`` instead of recomputing them."""
+    """The reference statistics ``metrics`` need (default: all the images and ``model``
+    support) of an image folder, cached by content one part at a time (Inception features,
+    SWD descriptors, spectrum): a later call with the same files (names and bytes), Inception
+    weights and seed reads the parts it needs from ``<cache>/references/``, computes only the
+    missing ones (in one pass) and adds them to the cache.
+
+    Asking for a metric the images cannot support (``swd`` of non-power-of-two images) is a
+    ``ValueError``; the others take any size."""
     images = ImageSet(folder)
+    metrics = _supported_metrics(images, model) if metrics is None else set(metrics) - {"is"}
+    _check_count(str(folder), len(images), metrics)
+    weights_sha = weights_hash(model) if model is not None else None
+    reference = Reference(kind="dataset", path=images.path, has_images=True,
+                          weights_sha256=weights_sha)
+    parts = parts_of(metrics)
+    if not parts:
+        return reference
     content = fingerprint((f.relative_to(images.path).as_posix(), f.read_bytes())
                           for f in images.files)
-    weights_sha = weights_hash(model)
-    cached = (cache_root() / "references"
-              / f"{content.removeprefix('sha256:')[:24]}-{weights_sha[:12]}-seed{seed}.npz")
-    if cached.is_file():
+    todo = set()
+    for part in parts:
+        cached = _cache_file(content, part, weights_sha, seed)
         try:
-            return Reference.load(cached)
-        except ValueError:
-            cached.unlink()  # damaged: compute it again
-    _check_count(str(folder), len(images), ("fid", "pr"))
-    c = _pass(images, model, set(METRICS), batch_size, seed, progress, "reference")
-    reference = reference_from_collected(c, weights_sha, seed)
-    reference.save(cached)
+            _take_part(reference, Reference.load(cached), part)
+        except (OSError, ValueError):  # absent, or damaged: compute it again
+            todo.add(part)
+    if todo:
+        fresh = reference_from_collected(
+            _pass(images, model, todo, batch_size, seed, progress, "reference"), weights_sha, seed)
+        for part in todo:
+            piece = Reference(n_images=fresh.n_images, resolution=fresh.resolution,
+                              fingerprint=fresh.fingerprint,
+                              weights_sha256=weights_sha if part == "inception" else None,
+                              **{stat: getattr(fresh, stat) for stat in PARTS[part]})
+            piece.save(_cache_file(content, part, weights_sha, seed))
+            _take_part(reference, piece, part)
     return reference
 
 
@@ -121,20 +191,18 @@ def evaluate(samples: str | Path, ref: str | Path, metrics: Sequence[str], *,
     wanted = set(parse_metrics(metrics))
     sample_set = ImageSet(samples)
     _check_count(str(samples), len(sample_set), wanted)
+    if "swd" in wanted:
+        _check_swd_size(sample_set)  # before any pass
     sampling = label_sampling or read_label_sampling(samples)
     model = weights_sha = None
     ref_path = Path(ref)
     if wanted & INCEPTION_METRICS:
         model = inception if inception is not None else load_inception(weights, device=device)
         weights_sha = weights_hash(model)
-    if ref_path.is_dir() and model is not None:
-        reference = folder_reference(ref_path, model, batch_size=batch_size, seed=seed,
+    if ref_path.is_dir():
+        reference = folder_reference(ref_path, model, wanted, batch_size=batch_size, seed=seed,
                                      progress=progress)
-        reference.kind, reference.path = "dataset", ref_path
         missing = set()
-    elif ref_path.is_dir():
-        reference = Reference(kind="dataset", path=ref_path, has_images=True)
-        missing = wanted - {"is"}  # the Inception Score needs no reference
     else:
         reference = Reference.load(ref_path)
         missing = _needs_from_reference(reference, wanted)
@@ -156,9 +224,9 @@ def evaluate(samples: str | Path, ref: str | Path, metrics: Sequence[str], *,
         ref_images = ImageSet(ref_path)
         _check_count(str(ref_path), len(ref_images), missing)
         extra = reference_from_collected(
-            _pass(ref_images, model, missing, batch_size, seed, progress, "reference"),
+            _pass(ref_images, model, parts_of(missing), batch_size, seed, progress, "reference"),
             weights_sha, seed)
-        for key in ("mu", "sigma", "mu_s", "sigma_s", "pr_features", "swd", "spectrum"):
+        for key in STATISTICS:
             if getattr(reference, key) is None:
                 setattr(reference, key, getattr(extra, key))
                 computed.add(key)
@@ -171,7 +239,7 @@ def evaluate(samples: str | Path, ref: str | Path, metrics: Sequence[str], *,
                          f"{sample_set.resolution[0]}×{sample_set.resolution[1]}, the reference "
                          f"{reference.resolution[0]}×{reference.resolution[1]}; use a reference "
                          "of the samples' resolution")
-    got = _pass(sample_set, model, wanted, batch_size, seed, progress, "samples")
+    got = _pass(sample_set, model, parts_of(wanted), batch_size, seed, progress, "samples")
 
     result: dict = {}
     details: dict = {}
@@ -225,14 +293,16 @@ def _fields_used(reference: Reference, wanted: set[str], computed: set[str]) -> 
 
 
 def format_table(result: dict) -> str:
-    """The human-readable summary of :func:`evaluate`'s result."""
-    names = {"fid": result["fid_name"], "sfid": "sFID", "is": "IS", "precision": "Precision",
-             "recall": "Recall", "kid": "KID", "swd": "SWD ×1e3", "spectrum": "Spectrum (dB)"}
+    """The human-readable summary of :func:`evaluate`'s result: KID shown ×10³ (the JSON holds
+    the raw value), SWD as computed (already ×10³), each with the unit in its label."""
+    rows = {"fid": (result["fid_name"], 1), "sfid": ("sFID", 1), "is": ("IS", 1),
+            "precision": ("Precision", 1), "recall": ("Recall", 1), "kid": ("KID ×1e3", 1e3),
+            "swd": ("SWD ×1e3", 1), "spectrum": ("Spectrum (dB)", 1)}
     lines = [f"{result['n_images']} samples, label sampling: {result['label_sampling']}, "
              f"reference: {result['reference']['path']} ({result['reference']['kind']})"]
-    for key, label in names.items():
+    for key, (label, scale) in rows.items():
         if key in result:
-            lines.append(f"  {label:<14} {result[key]:.4f}")
+            lines.append(f"  {label:<14} {scale * result[key]:.4f}")
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -24,6 +25,15 @@ from ..io.images import list_images, load_image
 from ..io.sample_folder import sample_files
 
 ARRAY_KEY = "arr_0"
+
+
+def npy_header(f: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Shape, Fortran order and dtype from an ``.npy`` stream's header, leaving it at the data
+    (reads no array data, so it never unpickles anything)."""
+    version = np.lib.format.read_magic(f)
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    return read_header(f)
 
 
 @contextmanager
@@ -37,10 +47,7 @@ def _npy_member(path: Path, key: str) -> Iterator[tuple[object, tuple[int, ...],
         if f"{key}.npy" not in z.namelist():
             raise ValueError(f"{path}: no array {key!r} in this .npz (expected N×H×W×3 uint8)")
         with z.open(f"{key}.npy") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, fortran, dtype = read_header(f)
+            shape, fortran, dtype = npy_header(f)
             if fortran:
                 raise ValueError(f"{path}: {key} is stored in Fortran order; save it C-ordered")
             yield f, shape, dtype

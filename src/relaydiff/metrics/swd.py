@@ -29,10 +29,15 @@ def _filter(x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
     return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), k, groups=c)
 
 
+def supports(h: int, w: int) -> bool:
+    """Whether SWD's pyramid can take ``h×w`` images: square, a power of two, at least 16."""
+    return h == w and h >= MIN_RESOLUTION and not h & (h - 1)
+
+
 def laplacian_pyramid(images: torch.Tensor) -> list[torch.Tensor]:
     """Levels (finest first) down to 16×16 of float ``N×C×H×W`` images, ``H = W = 16·2^j``."""
     h, w = images.shape[-2:]
-    if h != w or h < MIN_RESOLUTION or h & (h - 1):
+    if not supports(h, w):
         raise ValueError(f"SWD needs square images with a power-of-two size ≥ {MIN_RESOLUTION}, "
                          f"got {h}×{w}")
     levels, current = [], images.float()

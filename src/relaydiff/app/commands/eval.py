@@ -124,5 +124,8 @@ def ref_command(dataset: Path, out: Path, weights: str | None, batch: int, devic
     if not world.is_main:
         return
     reference.save(out)
-    click.echo(f"wrote {out}: {reference.n_images} images at {reference.resolution[0]}×"
-               f"{reference.resolution[1]}, Inception {reference.weights_sha256[:12]}…")
+    h, w = reference.resolution
+    no_swd = "" if reference.swd is not None else \
+        " (no SWD statistics: swd needs square images whose side is a power of two)"
+    click.echo(f"wrote {out}: {reference.n_images} images at {h}×{w}, Inception "
+               f"{reference.weights_sha256[:12]}…{no_swd}")
