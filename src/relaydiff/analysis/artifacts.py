@@ -9,7 +9,7 @@ frequencies (DCT radius ≥ R/2), next to the input noise itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -56,3 +56,25 @@ def artifact_correction(methods: dict[str, Callable[[torch.Tensor], torch.Tensor
         total, high = noise_energy(downsample(out_noisy, scale) - downsample(out_clean, scale))
         rows.append({"method": name, "noise energy ×1e4": total, "high-frequency part ×1e4": high})
     return rows, columns
+
+
+def describe(rows: Sequence[dict], sigma: float = NOISE_SIGMA) -> str:
+    """What the rows of :func:`artifact_correction` measure, what they do not, and the methods
+    from least to most noise passed on (computed from ``rows``)."""
+    noise, *methods = rows
+    ranked = sorted(methods, key=lambda r: r["noise energy ×1e4"])
+    order = ", ".join(f"{r['method']} {r['noise energy ×1e4']:.3g}" for r in ranked)
+    return (
+        f"What the table measures: each method upsamples the clean and the noisy input (Gaussian "
+        f"noise σ = {sigma:g} on pixels in [−1, 1], clipped to that range); both outputs are "
+        "box-averaged back to the input's resolution, and <b>noise "
+        "energy ×1e4</b> is 10⁴ × the mean squared difference between the two (equal, by "
+        "Parseval, to the mean squared orthonormal DCT coefficient of the difference); the "
+        "<b>high-frequency part</b> is the share of that from the DCT coefficients at radius ≥ "
+        "half the input's side (still divided by the count of all of them, so at most the "
+        "noise energy). The first row is the input noise itself "
+        f"({noise['noise energy ×1e4']:.3g}). From least to most noise passed on: {order}. "
+        "What it does not measure is fidelity to the input: a generative upscaler such as a "
+        "relay stage draws a new sample, which can change content (compare its column with the "
+        "input's), and a low noise energy says only that its output depends little on the "
+        "input's noise. It is not a restoration metric.")

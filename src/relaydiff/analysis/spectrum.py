@@ -13,7 +13,6 @@ gap. Here ``SNR(band) = mean signal power / mean noise power`` over the coeffici
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from ..ops import block_noise, patch_dct
+from .plotting import new_figure, save_figure
 
 
 def _radius(resolution: int) -> torch.Tensor:
@@ -108,15 +108,10 @@ def frequency_snr(high_images: torch.Tensor, low_images: torch.Tensor, sigma: fl
                           sigma, high_images.shape[0])
 
 
-def plot(result: SpectrumResult, path) -> None:
+def plot(result: SpectrumResult, path: str | Path) -> None:
     """Write the three SNR curves against frequency (cycles per image) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     centre = (result.edges[:-1] + result.edges[1:]) / 4  # DCT radius/2 = cycles per image
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    fig, ax = new_figure(figsize=(6.4, 4.0), dpi=120)
     db = lambda a: 10 * np.log10(a)  # noqa: E731
     ax.plot(centre, db(result.snr_low_gaussian), label=f"{result.low}px, Gaussian noise")
     ax.plot(centre, db(result.snr_high_gaussian), label=f"{result.high}px, Gaussian noise")
@@ -128,9 +123,4 @@ def plot(result: SpectrumResult, path) -> None:
     ax.set_title(f"SNR per DCT band at σ = {result.sigma} ({result.num_images} images)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)

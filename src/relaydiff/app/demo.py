@@ -8,9 +8,11 @@ Phases, each resumable (a re-run skips what is done and continues what is not):
 3. figures of the method from it: relay trajectories, block noise, the frequency SNR of the
    paper's Fig. 2, artifact correction;
 4. metrics of its samples and of the round-trip floor ``up(down(x))`` against the data, with a
-   sentence per metric on what it shows;
-5. your own short training run of both stages, counted in training images with a wall-clock
-   cap (a notice says when the cap cut it short), its cost and loss curves;
+   sentence per metric and a summary, computed from the numbers, of where the samples beat the
+   floor (relaydiff.analysis.floor_comparison);
+5. your own short training run of both stages, counted in training images, each stage within
+   its share of a wall-clock cap (docs/demo.md; a notice says when a share cut a stage short),
+   its cost and loss curves;
 6. that run's samples, labelled with the images each stage saw; then ``report.html``.
 
 What the figures show therefore never depends on how busy the machine is; the training part
@@ -19,48 +21,38 @@ shows that the pipeline works here, and what a few minutes of CPU training give.
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..analysis.artifacts import artifact_correction
+from ..analysis.artifacts import artifact_correction, describe
 from ..analysis.figures import noise_figure, relay_trajectory
+from ..analysis.floor_comparison import explain_metrics
 from ..analysis.report import Figure, Section, write_report
 from ..analysis.spectrum import frequency_snr, plot
 from ..cascade import RelayCascade
 from ..data.datasets import open_dataset
 from ..data.floors import data_images, evenly_spaced, write_images, write_round_trip
 from ..data.sources import default_dataset
-from ..io.files import atomic_writer, finite_or_none, write_json
+from ..io.files import cache_root, finite_or_none, write_json
 from ..io.images import image_grid, load_image, save_png, to_uint8
 from ..io.sample_folder import seed_path
 from ..ops import downsample, upsample
 from ..pretrained import PRETRAINED, read_training_record
-from ..training.checkpoint import newest_state
-from ..training.config import config_path, load_train_config
 from ..training.export import cascade_from_snapshots
-from ..training.loop import train
+from .demo_log import Clock, progress
+from .demo_training import STAGES, cost_rows, save_loss_curves, train_stages, training_text
 from .generate import write_samples, write_summary
 
-STAGES = (("stage1_16", 16), ("relay_16to64", 64))
-# Training images per stage for --minutes 1 (idle 2-core x86 machine; --minutes scales them).
-IMAGES_PER_MINUTE = {"stage1_16": 2400, "relay_16to64": 1000}
+if TYPE_CHECKING:
+    from ..metrics.inception import InceptionV3
+
 REFERENCE_IMAGES = 1000
 OWN_SAMPLES = 16
-SMOKE = {
-    "data_limit": 48,
-    "samples": 4,
-    "reference": 48,
-    "images": 48,
-    "overrides": ["network.model_channels=8", "network.channel_mult=[1,2]", "network.num_blocks=1",
-                  "network.attn_resolutions=[]", "batch=8", "checkpoint.every_images=24",
-                  "log.every_steps=1", "log.grid_every_images=0", "log.tensorboard=false",
-                  "data.workers=0"],
-}
+SMOKE = {"data_limit": 48, "samples": 4, "reference": 48}
 METRICS = ["fid", "kid", "pr", "swd", "spectrum"]
 
 
@@ -74,93 +66,6 @@ class DemoSettings:
     seed: int = 0
     inception: str | None = None
     cascade: str | Path = PRETRAINED
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-
-    @property
-    def minutes(self) -> float:
-        return (time.perf_counter() - self.start) / 60
-
-    def log(self, msg: str) -> None:
-        print(f"[demo {self.minutes:5.1f} min] {msg}", flush=True)
-
-
-# ---------------------------------------------------------------------------- your training run
-def _images_budget(settings: DemoSettings, name: str) -> int:
-    if settings.smoke:
-        return SMOKE["images"]
-    return max(1, round(settings.minutes * IMAGES_PER_MINUTE[name]))
-
-
-def _train_stages(settings: DemoSettings, data_root: Path, clock: _Clock) -> dict[str, dict]:
-    """Train (or continue) both stages for their images budget, within a wall-clock cap of
-    ``--minutes`` in all; returns per stage its cost and whether the cap cut it short."""
-    runs = {}
-    for name, res in STAGES:
-        run_dir = settings.out / "train" / name
-        images = _images_budget(settings, name)
-        over = [f"data.path={data_root / str(res)}", f"seed={settings.seed}",
-                f"total_images={images}"]
-        if settings.smoke:
-            over += [("stage." + o) if o.startswith("network.") else o for o in SMOKE["overrides"]]
-        cfg = load_train_config(config_path(name), over)
-        used = sum(_minutes_used(settings.out / "train" / n) for n, _ in STAGES)
-        left = settings.minutes - used
-        state = newest_state(run_dir)
-        done = state is not None and state["images_seen"] >= cfg.total_steps * cfg.batch
-        if done:
-            clock.log(f"{name}: finished earlier ({state['images_seen']:,} images)")
-            runs[name] = {"cost": state["cost"], "cut_short": False, "images_budget": images}
-            continue
-        left = max(left, 0.0)  # a spent cap still trains one step (and writes a checkpoint)
-        clock.log(f"training {name} ({res} px) for {images:,} images, at most {left:.1f} more "
-                  "minutes")
-        result = train(cfg, run_dir, resume="auto", max_minutes=left)
-        cut = not result.finished
-        if cut:
-            clock.log(f"NOTICE: the {settings.minutes:g}-minute cap stopped {name} after "
-                      f"{result.images_seen:,} of {images:,} images (a busy machine?); its samples "
-                      "show an undertrained model. Re-run with a larger --minutes to continue.")
-        runs[name] = {"cost": result.cost.to_dict(), "cut_short": cut, "images_budget": images}
-    return runs
-
-
-def _minutes_used(run_dir: Path) -> float:
-    state = newest_state(run_dir)
-    return 0.0 if state is None else state["cost"]["wall_seconds"] / 60
-
-
-def _loss_curves(settings: DemoSettings, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
-    for name, _ in STAGES:
-        log = settings.out / "train" / name / "log.jsonl"
-        points = []
-        if log.exists():
-            for line in log.read_text().splitlines():
-                rec = json.loads(line)
-                if rec.get("event") == "train" and rec.get("loss") is not None:
-                    points.append((rec["images_seen"], rec["loss"]))
-        if points:
-            x, y = zip(*points, strict=True)
-            ax.plot(x, y, label=name)
-    ax.set_xlabel("training images seen")
-    ax.set_ylabel("loss (λ-weighted, mean per pixel)")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend()
-    fig.tight_layout()
-    with atomic_writer(path) as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------- figures, metrics
@@ -177,22 +82,37 @@ def _reference_folder(settings: DemoSettings, data_root: Path, count: int) -> Pa
     return folder
 
 
+def _written(folder: Path, seeds: list[int]) -> str:
+    """How many of ``seeds`` have their final image in ``folder`` (progress of sampling)."""
+    return f"{sum(seed_path(folder, s).is_file() for s in seeds)}/{len(seeds)} images written"
+
+
 def _metrics(settings: DemoSettings, samples: Path, data_root: Path, n: int,
-             clock: _Clock) -> list[dict]:
+             inception: InceptionV3, clock: Clock) -> list[dict]:
     """FID, KID, precision/recall, SWD and spectrum distance of the packaged cascade's samples
-    and of the 16→64 round trip of the data, both against the same data images."""
-    from ..metrics.evaluate import evaluate
+    and of the 16→64 round trip of the data, both against the same data images (whose
+    statistics are computed first, and only when the cache does not hold them yet)."""
+    from ..metrics.evaluate import evaluate, folder_reference
 
     floor = settings.out / f"floor_up_down_{n}"
     write_round_trip(data_root / "64", floor, n, 4)
     count = SMOKE["reference"] if settings.smoke else REFERENCE_IMAGES
     count = min(count, len(open_dataset(data_root / "64", resolution=64)))
     ref = _reference_folder(settings, data_root, count)
+    cache = cache_root() / "references"  # where folder_reference keeps them
+    before = set(cache.glob("*.npz"))
+    # A cached read takes well under PROGRESS_SECONDS: progress lines mean they are computed.
+    with progress(clock, f"Inception features of the reference ({count:,} data images)"):
+        folder_reference(ref, inception, progress=False)
+    if set(cache.glob("*.npz")) - before:
+        clock.log(f"metrics: Inception features of the reference ({count:,} data images) "
+                  f"computed and cached in {cache} for re-runs")
     metrics = METRICS if n >= 4 else ["fid", "swd", "spectrum"]
     rows = []
     for label, folder in (("packaged cascade, 16→64 samples", samples),
                           ("data up(down(x)), the 16→64 round trip", floor)):
-        res = evaluate(folder, ref, metrics, weights=settings.inception, progress=False)
+        with progress(clock, f"metrics of the {label} ({n} images)"):
+            res = evaluate(folder, ref, metrics, inception=inception, progress=False)
         rows.append({"images": label, "n": res["n_images"], "reference images": count,
                      "FID": res["fid"], "KID ×1e3": 1e3 * res.get("kid", math.nan),
                      "precision": res.get("precision", math.nan),
@@ -200,43 +120,6 @@ def _metrics(settings: DemoSettings, samples: Path, data_root: Path, n: int,
                      "spectrum distance (dB)": res["spectrum"]})
     clock.log(f"metrics: FID {rows[0]['FID']:.1f} (samples) vs {rows[1]['FID']:.1f} (floor)")
     return rows
-
-
-LOWER_IS_BETTER = {"FID": True, "KID ×1e3": True, "precision": False, "recall": False,
-                   "SWD ×1e3": True, "spectrum distance (dB)": True}
-MEANING = {
-    "FID": "distance between Inception-feature statistics of the two sets (lower is better)",
-    "KID ×1e3": "like FID, without FID's bias at small counts (lower is better)",
-    "precision": "share of samples that land on the data's feature manifold (higher is better)",
-    "recall": "share of the data's manifold the samples cover (higher is better)",
-    "SWD ×1e3": "sliced Wasserstein distance of local 7×7 patches at several scales (lower is "
-                "better)",
-    "spectrum distance (dB)": "how far the radial power spectrum is from the data's, i.e. "
-                              "whether fine detail has the right amount of energy (lower is better)",
-}
-
-
-def explain_metrics(rows: list[dict]) -> str:
-    """A sentence per metric: what it measures and whether the samples beat the round-trip
-    floor on it; and, when they lose somewhere, why a cascade can lose to that floor."""
-    samples, floor = rows
-    sentences, lost = [], False
-    for key, lower in LOWER_IS_BETTER.items():
-        a, b = samples.get(key), floor.get(key)
-        if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
-            continue
-        beat = a < b if lower else a > b
-        lost |= not beat
-        sentences.append(f"<b>{key}</b> ({MEANING[key]}): the samples "
-                         f"{'beat' if beat else 'do not beat'} the floor ({a:.3g} vs {b:.3g}).")
-    if lost:
-        sentences.append(
-            "Why the floor can win: it is made of the real images, only blurred, so it keeps "
-            "their exact shapes and colours, which Inception features (FID, KID, precision) "
-            "reward; the cascade must invent those shapes in its 16 px stage 1 and then the "
-            "detail in the relay stage. The spectrum and SWD are where the relay stage's own "
-            "work, restoring the fine detail the round trip removes, shows.")
-    return " ".join(sentences)
 
 
 def _artifact_correction(cascade: RelayCascade, data_root: Path,
@@ -251,7 +134,8 @@ def _artifact_correction(cascade: RelayCascade, data_root: Path,
                       columns=len(columns))
     save_png(grid, figures / "artifact_correction.png")
     caption = ("Per row: the noisy 16 px input (σ = 0.1), then nearest, bicubic and relay "
-               "upsampling to 64 px")
+               "upsampling to 64 px (relay: a new sample, seeds 0–7, whose content can differ "
+               "from the input's)")
     return Figure("figures/artifact_correction.png", caption), rows
 
 
@@ -265,13 +149,14 @@ def _trained(stage: dict) -> str:
                                                  if guide else "")
 
 
-def _own_samples(settings: DemoSettings, runs: dict, figures: Path) -> Figure:
+def _own_samples(settings: DemoSettings, runs: dict, figures: Path, clock: Clock) -> Figure:
     """``OWN_SAMPLES`` samples of your training run, stage 1 and relay side by side, captioned
     with the images each stage saw."""
     cascade = cascade_from_snapshots([settings.out / "train" / name for name, _ in STAGES])
     folder = settings.out / "train" / "samples"
     seeds = list(range(min(OWN_SAMPLES, settings.samples)))
-    write_samples(cascade, seeds, folder, all_stages=True, progress=False)
+    with progress(clock, "sampling your run", lambda: _written(folder, seeds)):
+        write_samples(cascade, seeds, folder, all_stages=True, progress=False)
     write_summary(cascade, seeds, folder)
     low = [upsample(torch.from_numpy(load_image(seed_path(folder / "stage1_16", s))).permute(
         2, 0, 1)[None].float(), 4)[0].permute(1, 2, 0).numpy().astype("uint8") for s in seeds]
@@ -292,10 +177,10 @@ def run_demo(settings: DemoSettings) -> Path:
         raise ValueError(f"{out}: exists and is a file; choose another --out folder")
     if not (settings.minutes > 0 and math.isfinite(settings.minutes)):
         raise ValueError(f"minutes={settings.minutes}: give a positive number of minutes")
-    clock = _Clock()
+    clock = Clock()
     from ..metrics.weights import load_inception
 
-    load_inception(settings.inception)  # the FID weights must be there before any compute
+    inception = load_inception(settings.inception)  # the FID weights first, before any compute
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
 
@@ -309,7 +194,8 @@ def run_demo(settings: DemoSettings) -> Path:
     clock.log(f"2/6 the packaged cascade {settings.cascade}: {n} samples (exact CPU sampling, the "
               "pixels `relaydiff sample` gives)")
     samples = out / "samples"
-    write_samples(packaged, seeds, samples, all_stages=True)
+    with progress(clock, "sampling", lambda: _written(samples, seeds)):
+        write_samples(packaged, seeds, samples, all_stages=True, progress=False)
     write_summary(packaged, seeds, samples)
 
     clock.log("3/6 figures: relay trajectories, block noise, frequency SNR, artifact correction")
@@ -320,17 +206,17 @@ def run_demo(settings: DemoSettings) -> Path:
     plot(snr, figures / "frequency_snr.png")
     artifact_fig, artifact_rows = _artifact_correction(packaged, data_root, figures)
 
-    clock.log("4/6 metrics against the data (the first time: Inception features of the reference)")
-    metric_rows = _metrics(settings, samples, data_root, n, clock)
-    metric_text = explain_metrics([dict(r) for r in metric_rows])
+    clock.log("4/6 metrics against the data")
+    metric_rows = _metrics(settings, samples, data_root, n, inception, clock)
+    metric_text = explain_metrics(metric_rows)
 
-    clock.log(f"5/6 your own training run (at most {settings.minutes:g} minutes)")
-    runs = _train_stages(settings, data_root, clock)
-    _loss_curves(settings, figures / "loss_curves.png")
+    clock.log(f"5/6 your own training run (at most {settings.minutes:g} minutes, split between "
+              "the two stages)")
+    runs = train_stages(out, data_root, settings.minutes, settings.seed, settings.smoke, clock)
+    save_loss_curves(out, figures / "loss_curves.png")
     clock.log("6/6 your run's samples and the report")
-    own_fig = _own_samples(settings, runs, figures)
+    own_fig = _own_samples(settings, runs, figures, clock)
 
-    cut = [name for name, r in runs.items() if r["cut_short"]]
     record = read_training_record(settings.cascade)
     write_json(finite_or_none({"metrics": metric_rows, "your_training": runs,
                                "artifact_correction": artifact_rows,
@@ -338,19 +224,6 @@ def run_demo(settings: DemoSettings) -> Path:
                                                     "training": record},
                                "minutes": clock.minutes}), out / "results.json")
     gap_gauss, gap_block = snr.low_band_gaps_db()
-    cost_rows = []
-    for name, r in runs.items():
-        c = r["cost"]
-        cost_rows.append({"stage": name, "images seen": c.get("images_seen", 0),
-                          "images budget": r["images_budget"],
-                          "cut short by the cap": "yes" if r["cut_short"] else "no",
-                          "device-hours (CPU)": c.get("device_hours", 0.0),
-                          "GFLOP per image (fwd+bwd)": c.get("flops_per_image", 0) / 1e9})
-    notice = ""
-    if cut:
-        notice = (f"<b>Notice: the {settings.minutes:g}-minute cap cut {', '.join(cut)} short</b> "
-                  "(the machine was busier than an idle 2-core one); these samples show an "
-                  "undertrained model. Re-run with a larger --minutes to continue training. ")
     provenance = ""
     if record:
         provenance = " Its training: " + "; ".join(_trained(s) for s in record) + "."
@@ -379,13 +252,12 @@ def run_demo(settings: DemoSettings) -> Path:
                 "relay noise (σ = 0.3); each followed by what 16 px sees of it (up(down(·))).",
                 [Figure("figures/block_noise.png", "block noise")]),
         Section("artifacts", "Artifact correction (appendix C.3)", "Noisy 16 px inputs relayed "
-                "to 64 px by the packaged cascade against naive upsampling.", [artifact_fig],
+                "to 64 px by the packaged cascade (the same seeds for the clean and the noisy "
+                f"input) against naive upsampling. {describe(artifact_rows)}", [artifact_fig],
                 table=artifact_rows),
-        Section("training", "Your training run", notice + "Both stages trained here, on this "
-                "machine, for a budget of training images (--minutes scales it) within a "
-                f"{settings.minutes:g}-minute cap: loss curves, cost (images seen, device-hours, "
-                "FLOPs per image measured with torch.utils.flop_counter) and samples.",
-                [Figure("figures/loss_curves.png", "loss curves"), own_fig], table=cost_rows),
+        Section("training", "Your training run", training_text(runs, settings.minutes),
+                [Figure("figures/loss_curves.png", "loss curves: " + " and ".join(
+                    name for name, _ in STAGES)), own_fig], table=cost_rows(runs)),
     ]
     sizes = "smoke run, tiny sizes" if settings.smoke else "default sizes"
     intro = (f"relaydiff demo on fluent-emoji-3d ({sizes}; this run took {clock.minutes:.1f} "

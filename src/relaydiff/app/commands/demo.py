@@ -14,7 +14,7 @@ from . import check_out
               show_default=True, help="Output folder (report.html, cascade, samples, runs).")
 @click.option("--minutes", type=float, default=6.0, show_default=True,
               help="Your own training run: its images budget (scaled by this) and its "
-                   "wall-clock cap, in minutes.")
+                   "wall-clock cap, in minutes: stage 1 may use half, the relay stage the rest.")
 @click.option("--samples", type=click.IntRange(min=2), default=256, show_default=True,
               help="Images to sample and evaluate.")
 @click.option("--smoke", is_flag=True, help="Tiny networks, 48 images, a few steps (< 2 min).")
