@@ -18,9 +18,8 @@ train configs/study/emoji64_relay.json --out "$out/r0" --set data.path="$data/64
   --set total_images=36000
 train configs/study/emoji64_relay.json --out "$out/g2b" --set data.path="$data/64" \
   --set total_images=4000 --set stage.network.model_channels=8 --set stage.network.channels_per_head=8
-rm -rf "$out/cascade"
 relaydiff cascade build --stage "$out/s1" --guide "$out/g1" --guidance 2 \
-  --stage "$out/r0" --guide "$out/g2b" --guidance 3 --out "$out/cascade"
+  --stage "$out/r0" --guide "$out/g2b" --guidance 3 --out "$out/cascade" --overwrite
 dest="$(python -c 'from relaydiff.pretrained import pretrained_path; print(pretrained_path())')"
 rm -rf "$dest.new" && cp -r "$out/cascade" "$dest.new" && rm -rf "$dest" && mv "$dest.new" "$dest"
 echo "copied $out/cascade to $dest; evaluate it with scripts/eval_pretrained.py and update docs/pretrained.md"

@@ -16,32 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import one_line, run, run_cli
 from PIL import Image
 from training_helpers import config_dict, image_folder, make_config
 
-from relaydiff.app.cli import main
 from relaydiff.training.checkpoint import list_snapshots, load_snapshot
 from relaydiff.training.loop import train
-
-
-def run(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "relaydiff", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env)
-
-
-def run_cli(*args, capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main([*args])
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
-
-
-def one_line(r: subprocess.CompletedProcess, needle: str) -> None:
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    assert needle in r.stderr, r.stderr
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +203,79 @@ def test_damaged_samples_are_named_and_written_again(tmp_path):
     assert len(warnings) == 2 and "000001.png" in warnings[0] and "000002.png" in warnings[1]
     assert [f.read_bytes() for f in files] == good
     assert "rank 0" not in r.stderr  # one process: no rank in the progress bar
+
+
+def test_repeated_seeds_are_written_once_with_one_warning(tmp_path, capsys):
+    code, text, err = run_cli("sample", "--toy", "--seeds", "1,1", "--out", tmp_path / "a",
+                              capsys=capsys)
+    assert code == 0 and "1 new image(s)" in text, err
+    assert [ln for ln in err.splitlines() if ln.startswith("warning:")] == [
+        "warning: --seeds: 1 repeated seed ignored"]
+    code, text, err = run_cli("sample", "--toy", "--seeds", "0-1,1-2", "--out", tmp_path / "b",
+                              capsys=capsys)
+    assert code == 0 and "3 new image(s)" in text and "repeated seed ignored" in err
+    assert json.loads((tmp_path / "b" / "labels.json").read_text())["seeds"] == [0, 1, 2]
+
+
+def test_disk_full_while_sampling_names_the_file_and_keeps_what_was_written(tmp_path, capsys,
+                                                                             monkeypatch):
+    import relaydiff.app.generate as generate
+
+    original = generate.save_png
+
+    def full(array, path):
+        if Path(path).name == "000002.png":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(array, path)
+
+    monkeypatch.setattr(generate, "save_png", full)
+    out = tmp_path / "s"
+    code, _, err = run_cli("sample", "--toy", "--seeds", "0-3", "--out", out, capsys=capsys)
+    one_line((code, "", err), f"{out / '000000' / '000002.png'}: could not write (no space left "
+                              "on the device); free disk space or choose another --out")
+    assert "the 2 image(s) written so far are kept" in err and "[Errno" not in err
+    bar = [seg for seg in err.replace("\n", "\r").split("\r") if seg.startswith("sampling")]
+    assert "2/4" in bar[-1] and "100%" not in bar[-1]  # the last state shown: what was written
+    monkeypatch.undo()
+    code, text, err = run_cli("sample", "--toy", "--seeds", "0-3", "--out", out, capsys=capsys)
+    assert code == 0 and "2 new image(s)" in text and "(2 already there)" in text
+    assert "warning" not in err  # the files written before the failure are complete
+
+
+def test_read_only_data_build_out_is_one_line_before_any_compute(tmp_path, capsys, monkeypatch):
+    src = image_folder(tmp_path / "src", 2, 16)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.geteuid() == 0:  # root writes through chmod: let the file system refuse instead
+        real_mkdir = os.mkdir
+
+        def read_only(path, *args, **kwargs):
+            if str(path).startswith(str(ro)):
+                raise OSError(errno.EROFS, "Read-only file system", str(path))
+            return real_mkdir(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "mkdir", read_only)
+    try:
+        code, _, err = run_cli("data", "build", src, "--out", ro / "db", "--resolution", "16",
+                               capsys=capsys)
+    finally:
+        ro.chmod(0o755)
+    one_line((code, "", err), f"--out {ro / 'db'}: cannot write in {ro}")
+    assert "choose a folder you can write to" in err and ".partial" not in err
+    assert "build 16" not in err and not list(ro.iterdir())  # no image was read or written
+
+
+def test_upscale_collision_names_both_inputs_and_the_output(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.png", "a.jpg"):
+        Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(src / name)
+    out = tmp_path / "o"
+    code, _, err = run_cli("upscale", "--toy", "--input", src, "--out", out, capsys=capsys)
+    one_line((code, "", err), f"{src / 'a.jpg'} and {src / 'a.png'} would both be written to "
+                              f"{out / 'a.png'}")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("where", ["samples", "ref"])

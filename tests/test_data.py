@@ -345,17 +345,25 @@ def test_build_is_relay_consistent(source, tmp_path):
         ImageFolderDataset(out)
 
 
-def test_rebuild_is_idempotent_and_replaces_stale_output(source, tmp_path, capsys):
+def test_rebuild_is_idempotent_and_replaces_stale_output_only_with_overwrite(source, tmp_path, capsys):
     out = tmp_path / "built"
     build_dataset(source, out, 16, (8,), progress=False)
     stamp = (out / "8" / "blue" / "im0.png").stat().st_mtime_ns
-    code, text, _ = run_cli(["data", "build", str(source), "--out", str(out),
-                             "--resolution", "16", "--also", "8"], capsys)  # fmt: skip
+    args = ["data", "build", str(source), "--out", str(out), "--resolution", "16", "--also", "8"]
+    code, text, _ = run_cli(args, capsys)
     assert code == 0 and text.startswith("up to date: 5 images")
     assert (out / "8" / "blue" / "im0.png").stat().st_mtime_ns == stamp
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     (source / "red" / "im3.png").unlink()
-    info = build_dataset(source, out, 16, (8,), progress=False)
-    assert info["count"] == 4 and not (out / "8" / "red" / "im3.png").exists()
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and f"--out {out}: already holds a data set built with other source files" in err
+    assert "--overwrite" in err and err.count("\n") == 1
+    code, _, err = run_cli([*args[:-2], "--also", "4"], capsys)
+    assert code == 2 and "other settings (resolutions [16, 8] there, [16, 4] now)" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    code, _, err = run_cli([*args, "--overwrite"], capsys)
+    assert code == 0, err
+    assert not (out / "8" / "red" / "im3.png").exists() and (out / "8" / "red").is_dir()
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
 
@@ -374,10 +382,10 @@ def test_interrupted_build_leaves_previous_output_intact(source, tmp_path, monke
 
     monkeypatch.setattr(build_module, "save_png", failing_save)
     with pytest.raises(KeyboardInterrupt):
-        build_dataset(source, out, 16, (4,), progress=False, workers=1)
+        build_dataset(source, out, 16, (4,), progress=False, workers=1, overwrite=True)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     monkeypatch.undo()
-    info = build_dataset(source, out, 16, (4,), progress=False)  # re-run recovers
+    info = build_dataset(source, out, 16, (4,), progress=False, overwrite=True)  # re-run recovers
     assert info["resolutions"] == [16, 4] and not (out / "8").exists()
 
 
@@ -431,9 +439,11 @@ def test_output_path_is_a_file_or_foreign_folder(source, tmp_path, capsys):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="not empty and holds no relaydiff dataset"):
+    with pytest.raises(ValueError, match=r"already holds 1 item\(s\) \(notes.txt\); give --overwrite"):
         build_dataset(source, foreign, 16, progress=False)
     assert (foreign / "notes.txt").read_text() == "mine"
+    build_dataset(source, foreign, 16, progress=False, overwrite=True)
+    assert not (foreign / "notes.txt").exists() and (foreign / "dataset_info.json").is_file()
     with pytest.raises(ValueError, match="overlaps the source"):
         build_dataset(source, source / "out", 16, progress=False)
 

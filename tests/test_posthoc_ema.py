@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import integrate
-from training_helpers import image_folder, make_config
+from training_helpers import image_folder, make_config, posthoc_config
 
 from relaydiff.stage import load_stage
 from relaydiff.training.checkpoint import load_snapshot
@@ -138,18 +138,11 @@ def test_out_of_reach_sigma_rel_is_refused(synthetic_run):
         reconstruct(run / "posthoc", 0.07)
 
 
-def _posthoc_config(data, total):
-    return make_config(data, total_images=total, ema={"halflife_images": 16, "rampup_ratio": 0.5,
-                                                       "posthoc_sigma_rels": [0.05, 0.10],
-                                                       "posthoc_every_images": 8},
-                       checkpoint={"every_images": 16, "keep": 5})
-
-
 def test_training_stores_snapshots_and_resumes_bitwise(tmp_path):
     data = image_folder(tmp_path / "d", 8, 16)
-    full = train(_posthoc_config(data, 48), tmp_path / "full", progress=False)
-    train(_posthoc_config(data, 24), tmp_path / "split", progress=False)
-    rest = train(_posthoc_config(data, 48), tmp_path / "split", resume="auto", progress=False)
+    full = train(posthoc_config(data, 48), tmp_path / "full", progress=False)
+    train(posthoc_config(data, 24), tmp_path / "split", progress=False)
+    rest = train(posthoc_config(data, 48), tmp_path / "split", resume="auto", progress=False)
     a, b = list_posthoc(tmp_path / "full"), list_posthoc(tmp_path / "split")
     assert [s.images_seen for s in a] == [8, 8, 16, 16, 24, 24, 32, 32, 40, 40, 48, 48]
     assert [s.path.name for s in a] == [s.path.name for s in b]
@@ -165,7 +158,7 @@ def test_training_stores_snapshots_and_resumes_bitwise(tmp_path):
 
 def test_training_snapshots_are_float16_and_reconstruct_to_float32(tmp_path):
     data = image_folder(tmp_path / "d", 8, 16)
-    result = train(_posthoc_config(data, 32), tmp_path / "run", progress=False)
+    result = train(posthoc_config(data, 32), tmp_path / "run", progress=False)
     from relaydiff.io.tensors import load_tensors
 
     snaps = list_posthoc(tmp_path / "run")
@@ -185,7 +178,7 @@ def test_training_snapshots_are_float16_and_reconstruct_to_float32(tmp_path):
 
 def test_command_line_reconstruct_and_bad_input(tmp_path):
     data = image_folder(tmp_path / "d", 8, 16)
-    train(_posthoc_config(data, 48), tmp_path / "run", progress=False)
+    train(posthoc_config(data, 48), tmp_path / "run", progress=False)
     run = [sys.executable, "-m", "relaydiff", "ema"]
     r = subprocess.run([*run, "reconstruct", str(tmp_path / "run"), "--sigma-rel", "0.07", "--out",
                         str(tmp_path / "stage")], capture_output=True, text=True, timeout=300)

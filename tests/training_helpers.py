@@ -83,3 +83,11 @@ def config_dict(
 
 def make_config(images: Path, **kwargs) -> TrainConfig:
     return TrainConfig.from_dict(config_dict(images, **kwargs))
+
+
+def posthoc_config(images: Path, total: int) -> TrainConfig:
+    """A tiny run that stores post-hoc EMA snapshots (σ_rel 0.05 and 0.10, every 8 images)."""
+    return make_config(images, total_images=total, ema={"halflife_images": 16, "rampup_ratio": 0.5,
+                                                         "posthoc_sigma_rels": [0.05, 0.10],
+                                                         "posthoc_every_images": 8},
+                       checkpoint={"every_images": 16, "keep": 5})

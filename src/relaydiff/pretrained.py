@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .io.files import atomic_folder, read_json, write_json
+from .io.files import atomic_folder, fingerprint, read_json, sha256_file, write_json
 from .stage import StageConfig, is_stage_folder, load_stage, save_stage
 from .version import __version__
 
@@ -101,6 +101,16 @@ def read_cascade(directory: str | Path) -> tuple[list[StageConfig], list[nn.Modu
         guide = directory / name / GUIDE_FOLDER
         guides.append(load_stage(guide) if is_stage_folder(guide) else None)
     return configs, denoisers, meta.get("training"), guides
+
+
+def cascade_fingerprint(directory: str | Path) -> str:
+    """``sha256:…`` over the files of a cascade folder (or packaged name), names and contents:
+    what an output folder records to tell the cascade that made it from any other."""
+    directory = resolve(directory)
+    _meta(directory)
+    files = sorted(p for p in directory.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(directory).parts))
+    return fingerprint((p.relative_to(directory).as_posix(), sha256_file(p).encode()) for p in files)
 
 
 def read_training_record(directory: str | Path) -> list | None:

@@ -5,6 +5,7 @@ The folder layout and its ``labels.json`` manifest are :mod:`relaydiff.io.sample
 
 from __future__ import annotations
 
+import errno
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..cascade import RelayCascade
+from ..io.files import write_failure
 from ..io.images import image_grid, load_image, save_png, to_uint8
 from ..io.sample_folder import label_sampling, seed_path, stage_folder, write_manifest
 
@@ -21,9 +23,9 @@ GRID_SIZE = 64
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk every complete PNG ends with
 
 
-def _done(path: Path) -> bool:
-    """Whether ``path`` holds a complete PNG; a damaged one (empty, truncated) is removed, named
-    in a warning, and generated again."""
+def complete_png(path: Path) -> bool:
+    """Whether ``path`` holds a complete PNG; a damaged one (empty, truncated) is removed and
+    named in a warning, to be generated again."""
     try:
         with open(path, "rb") as f:
             f.seek(0, 2)
@@ -33,7 +35,7 @@ def _done(path: Path) -> bool:
     except FileNotFoundError:
         return False
     if not complete:
-        warnings.warn(f"{path}: damaged sample ({size} bytes, not a complete PNG); generating it "
+        warnings.warn(f"{path}: damaged image ({size} bytes, not a complete PNG); generating it "
                       "again", stacklevel=3)
         path.unlink()
     return complete
@@ -47,7 +49,9 @@ def write_samples(model: RelayCascade, seeds: Sequence[int], out: str | Path, *,
 
     ``batch_invariant`` is passed to :meth:`RelayCascade.forward` (CPU: exact pixels per seed,
     whatever the batch, rank or thread count). Files that exist but do not decode (a killed
-    writer, a full disk) are named in a warning and generated again.
+    writer, a full disk) are named in a warning and generated again. A file that cannot be
+    written stops the run with an ``OSError`` naming it; the progress bar then shows the images
+    written, and those stay valid for a re-run to continue from.
 
     The final stage goes to ``OUT/``, lower stages (``all_stages``) to ``OUT/stage1_16/`` etc.
     Returns the number of new images. Rank 0 should call :func:`write_summary` afterwards.
@@ -55,25 +59,43 @@ def write_samples(model: RelayCascade, seeds: Sequence[int], out: str | Path, *,
     out = Path(out)
     labels = model.labels_for(seeds, class_idx, balanced=balanced)
     position = {int(s): i for i, s in enumerate(seeds)}
-    todo = [s for s in seeds[rank::world] if not _done(seed_path(out, s))]
+    todo = [s for s in seeds[rank::world] if not complete_png(seed_path(out, s))]
     desc = "sampling" if world == 1 else f"sampling (rank {rank})"
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not (progress and todo))
     last = len(model.configs) - 1
     chunk_size = max(batch, 64)  # files are written after each chunk (resumable)
-    for start in range(0, len(todo), chunk_size):
-        chunk = todo[start:start + chunk_size]
-        cls = None if labels is None else [int(labels[position[s]]) for s in chunk]
-        images = model(chunk, class_idx=cls, batch_size=batch, batch_invariant=batch_invariant,
-                       progress=bar.update)
-        # Lower stages first, the final stage last: its file marks the seed as done.
-        for k, stage_images in enumerate(images):
-            if k != last and not all_stages:
-                continue
-            target = out if k == last else stage_folder(out, k, model.resolutions[k])
-            for seed, arr in zip(chunk, to_uint8(stage_images), strict=True):
-                save_png(arr, seed_path(target, seed))
-    bar.close()
+    written = 0
+    try:
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start:start + chunk_size]
+            cls = None if labels is None else [int(labels[position[s]]) for s in chunk]
+            images = model(chunk, class_idx=cls, batch_size=batch, batch_invariant=batch_invariant,
+                           progress=bar.update)
+            # Lower stages first, the final stage last: its file marks the seed as done.
+            for k, stage_images in enumerate(images):
+                if k != last and not all_stages:
+                    continue
+                target = out if k == last else stage_folder(out, k, model.resolutions[k])
+                for seed, arr in zip(chunk, to_uint8(stage_images), strict=True):
+                    _save(arr, seed_path(target, seed), written)
+                    written += k == last
+    except BaseException:
+        bar.n = written  # the bar counted computed images; it ends at those actually written
+        raise
+    finally:
+        bar.close()
     return len(todo)
+
+
+def _save(array, path: Path, written: int) -> None:
+    """``save_png``, failing with one line that names the file and what to do."""
+    try:
+        save_png(array, path)
+    except OSError as e:
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise write_failure(path, e, ("free disk space or choose another --out, then " if full else "")
+                            + f"run again: the {written} image(s) written so far are kept and "
+                              "the run continues from them") from None
 
 
 def write_summary(model: RelayCascade, seeds: Sequence[int], out: str | Path, *,

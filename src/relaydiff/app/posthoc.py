@@ -51,7 +51,8 @@ def reconstruct_stage(run: str | Path, sigma_rel: float, out: str | Path,
 def sweep(run: str | Path, sigma_rels: Sequence[float], n: int, ref: str | Path,
           out: str | Path) -> list[dict]:
     """FID of ``n`` samples (a relay or SR stage: ``n`` training images upscaled from their
-    low-resolution versions) for each ``σ_rel``; writes ``sweep.json`` and ``sweep.png``."""
+    low-resolution versions) for each ``σ_rel``; writes the folder ``out`` (``sweep.json`` and
+    ``sweep.png``) atomically, replacing what it held."""
     from ..metrics.evaluate import evaluate
     from ..metrics.weights import load_inception
 
@@ -72,9 +73,10 @@ def sweep(run: str | Path, sigma_rels: Sequence[float], n: int, ref: str | Path,
             res = evaluate(tmp, ref, ["fid"], progress=False, inception=inception)
         rows.append({"sigma_rel": sigma_rel, "fid": res["fid"], "fid_name": f"FID@{res['n_images']}",
                      "profile_error": record["profile_error"], "at_images": record["at_images"]})
-    write_json(finite_or_none({"run": str(run), "reference": str(ref), "rows": rows}),
-               out / "sweep.json")
-    _plot(rows, out / "sweep.png")
+    with atomic_folder(out) as tmp:
+        write_json(finite_or_none({"run": str(run), "reference": str(ref), "rows": rows}),
+                   tmp / "sweep.json", durable=False)
+        _plot(rows, tmp / "sweep.png")
     return rows
 
 

@@ -13,7 +13,8 @@ Layout of the output folder ``OUT``::
 
 The folder is written under a temporary name and renamed into place at the end, so an
 interrupted build never leaves a half-written ``OUT``; re-running with the same source and
-settings finds ``OUT`` up to date and does nothing.
+settings finds ``OUT`` up to date and does nothing. A folder that holds anything else (other
+files, a build of other settings or of a changed source) is refused unless ``overwrite``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tqdm import tqdm
 
 from ..io.files import fingerprint, read_json, write_json
 from ..io.images import parse_color, save_png
+from ..io.out_folder import occupied_error
 from .datasets import INFO_FILE, LABELS_FILE, ImageDataset, open_dataset
 from .resample import area_downsample
 
@@ -84,22 +86,28 @@ def build_dataset(
     limit: int | None = None,
     workers: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write the multi-resolution dataset of ``src`` (folder or zip) to ``out``.
 
     Returns the contents of ``out/dataset_info.json`` (with ``"up_to_date": True`` added when
-    nothing had to be written).
+    nothing had to be written). ``out`` must be absent, empty or the same build; anything else
+    is refused (``ValueError`` naming ``--out`` and ``--overwrite``) unless ``overwrite``.
     """
     resolutions = check_resolutions(resolution, also)
     src, out = Path(src), Path(out)
-    _check_out(src, out)
+    _check_out(src, out, overwrite)
     dataset = open_dataset(
         src, resolution=resolution, background=background, skip_bad=skip_bad, limit=limit
     )
     info = _describe(dataset, resolutions, parse_color(background), limit)
     previous = out / INFO_FILE
-    if previous.is_file() and _same_build(read_json(previous), info):
-        return {**info, "up_to_date": True}
+    if previous.is_file():
+        difference = _difference(read_json(previous), info)
+        if difference is None:
+            return {**info, "up_to_date": True}
+        if not overwrite:
+            raise occupied_error(out, f"a data set built with {difference}")
 
     partial = out.parent / f".{out.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)  # left over from an interrupted build
@@ -138,14 +146,11 @@ def build_dataset(
     return info
 
 
-def _check_out(src: Path, out: Path) -> None:
+def _check_out(src: Path, out: Path, overwrite: bool) -> None:
     if out.is_file():
         raise ValueError(f"out={out}: exists and is a file; give a folder path")
-    if out.is_dir() and any(out.iterdir()) and not (out / INFO_FILE).is_file():
-        raise ValueError(
-            f"out={out}: folder is not empty and holds no relaydiff dataset; give a new or "
-            "empty folder"
-        )
+    if out.is_dir() and any(out.iterdir()) and not (out / INFO_FILE).is_file() and not overwrite:
+        raise occupied_error(out)
     src_abs, out_abs = src.resolve(), out.resolve()
     if src_abs == out_abs or out_abs in src_abs.parents or src_abs in out_abs.parents:
         raise ValueError(f"out={out}: overlaps the source {src}; write to a separate folder")
@@ -178,13 +183,17 @@ def _describe(
     }
 
 
-def _same_build(old: Any, new: dict[str, Any]) -> bool:
-    keys = ("format", "resolutions", "count", "background", "limit", "classes")
-    return (
-        isinstance(old, dict)
-        and all(old.get(k) == new[k] for k in keys)
-        and old.get("source", {}).get("fingerprint") == new["source"]["fingerprint"]
-    )
+def _difference(old: Any, new: dict[str, Any]) -> str | None:
+    """How the earlier build ``old`` differs from ``new`` (``None``: the same build)."""
+    if not isinstance(old, dict):
+        return "an unknown format"
+    for key in ("format", "resolutions", "background", "limit"):
+        if old.get(key) != new[key]:
+            return f"other settings ({key} {old.get(key)} there, {new[key]} now)"
+    if (any(old.get(key) != new[key] for key in ("count", "classes"))
+            or old.get("source", {}).get("fingerprint") != new["source"]["fingerprint"]):
+        return "other source files"
+    return None
 
 
 def _check_unique(dataset: ImageDataset, out_names: list[str]) -> None:

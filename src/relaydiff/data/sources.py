@@ -218,11 +218,13 @@ def default_dataset(
     out: str | Path | None = None,
     limit: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """The built relay-consistent fluent-emoji-3d dataset (folder with one sub-folder per
     resolution, see :mod:`relaydiff.data.build`), fetched and built on first use.
 
-    ``out`` defaults to ``<cache>/datasets/fluent-emoji-3d-<r1>-<r2>…``.
+    ``out`` defaults to ``<cache>/datasets/fluent-emoji-3d-<r1>-<r2>…``; ``overwrite`` replaces
+    an ``out`` that holds anything else (see :func:`~relaydiff.data.build.build_dataset`).
     """
     ordered = sorted({int(r) for r in resolutions}, reverse=True)
     if not ordered:
@@ -236,5 +238,6 @@ def default_dataset(
         if info.get("resolutions") == ordered and info.get("limit") == limit:
             return out
     images = fetch_fluent_emoji_3d(cache_dir)
-    build_dataset(images, out, ordered[0], ordered[1:], limit=limit, progress=progress)
+    build_dataset(images, out, ordered[0], ordered[1:], limit=limit, progress=progress,
+                  overwrite=overwrite)
     return out

@@ -14,6 +14,7 @@ files with ``Infinity`` still load.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -105,14 +106,17 @@ def atomic_folder(path: str | Path, *, tmp_prefix: str | None = None) -> Iterato
         raise
 
 
-def check_writable_folder(path: str | Path, what: str = "--out") -> Path:
+def check_writable_folder(path: str | Path, what: str = "--out", *, sibling: bool = False) -> Path:
     """Make sure ``path`` is, or can become, a folder this process can write into, before any
     compute is spent; ``ValueError`` naming ``path`` otherwise. Creates nothing: the check
-    makes and removes a temporary folder in ``path`` or its nearest existing parent."""
+    makes and removes a temporary folder in ``path`` or its nearest existing parent.
+
+    ``sibling``: the folder is assembled as a temporary sibling and renamed into place
+    (:func:`atomic_folder`), so it is its parent that must be writable."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{what} {path}: exists and is a file; give a folder")
-    probe = path
+    probe = path.parent if sibling else path
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
@@ -124,6 +128,17 @@ def check_writable_folder(path: str | Path, what: str = "--out") -> Path:
         raise ValueError(f"{what} {path}: cannot write in {probe} ({e.strerror or e}); choose a "
                          "folder you can write to") from None
     return path
+
+
+def write_failure(path: str | Path, error: OSError, advice: str = "") -> OSError:
+    """The ``OSError`` to raise when writing ``path`` failed with ``error``: one line naming the
+    file and the reason in words ("no space left on the device"), then ``advice`` (what to do).
+    Keeps ``error.errno``."""
+    reason = {errno.ENOSPC: "no space left on the device",
+              errno.EDQUOT: "disk quota exceeded"}.get(error.errno or 0) or error.strerror or str(error)
+    failure = OSError(f"{path}: could not write ({reason})" + (f"; {advice}" if advice else ""))
+    failure.errno = error.errno
+    return failure
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:

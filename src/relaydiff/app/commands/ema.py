@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from . import check_out
+from . import claim_out, overwrite_option
 
 
 def parse_sigma_rels(text: str) -> list[float]:
@@ -37,12 +37,13 @@ def ema() -> None:
               help="Training position in images [default: the last snapshot].")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Stage folder to write (what `relaydiff cascade build --stage` takes).")
-def reconstruct(run: Path, sigma_rel: str, at_images: int | None, out: Path) -> None:
+@overwrite_option
+def reconstruct(run: Path, sigma_rel: str, at_images: int | None, out: Path, overwrite: bool) -> None:
     """Write the weights with EMA profile σ_rel as a stage folder."""
     values = parse_sigma_rels(sigma_rel)
     if len(values) != 1:
         raise click.BadParameter("reconstruct takes one σ_rel", param_hint="--sigma-rel")
-    check_out(out)
+    claim_out(out, overwrite)  # the stage is written beside --out and renamed into place
     from ..posthoc import reconstruct_stage
 
     record = reconstruct_stage(run, values[0], out, at_images)
@@ -60,11 +61,13 @@ def reconstruct(run: Path, sigma_rel: str, at_images: int | None, out: Path) -> 
               help="FID reference (.npz or a dataset folder).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Folder for sweep.json and sweep.png [default: RUN/posthoc-sweep].")
-def sweep(run: Path, sigma_rel: str, fid_images: int, ref: Path, out: Path | None) -> None:
+@overwrite_option
+def sweep(run: Path, sigma_rel: str, fid_images: int, ref: Path, out: Path | None,
+          overwrite: bool) -> None:
     """FID of the reconstructed weights for a range of σ_rel (table, JSON and plot)."""
     values = parse_sigma_rels(sigma_rel)
     out = out or run / "posthoc-sweep"
-    check_out(out)
+    claim_out(out, overwrite)
     from ..posthoc import sweep as run_sweep
 
     rows = run_sweep(run, values, fid_images, ref, out)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import click
 
-from . import check_out, with_options
+from . import claim_out, overwrite_option, with_options
 
 INPUT_NOISE_STREAM = 1 << 41  # offset of the seeds that draw --input-noise
 MAX_SEEDS = 10_000_000  # seeds per run (one PNG each); split larger jobs into several runs
@@ -37,18 +38,44 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _load_cascade(cascade: str | None, toy: bool, device):
-    from ...cascade import RelayCascade
+def unique_seeds(seeds: list[int]) -> list[int]:
+    """``seeds`` without repeats (first occurrences, in order); one ``warning:`` line when some
+    were repeated (each seed gives one file, so a repeat would be counted but not written)."""
+    unique = list(dict.fromkeys(seeds))
+    if len(unique) < len(seeds):
+        repeats = len(seeds) - len(unique)
+        click.echo(f"warning: --seeds: {repeats} repeated seed{'s' if repeats > 1 else ''} ignored",
+                   err=True)
+    return unique
+
+
+def _cascade_source(cascade: str | None, toy: bool) -> str | Path | None:
+    """The cascade to load: ``None`` for --toy, else --cascade or the pretrained one."""
     from ...pretrained import CASCADE_FILE, pretrained_path
 
     if toy:
-        return RelayCascade.toy().to(device)
+        return None
     if cascade is None:
         cascade = pretrained_path()
         if not (cascade / CASCADE_FILE).is_file():
             raise click.UsageError(f"the pretrained cascade is missing from this installation "
                                    f"({cascade}); give --cascade DIR or --toy")
-    return RelayCascade.from_pretrained(cascade, device=device)
+    return cascade
+
+
+def _cascade_identity(source: str | Path | None) -> str:
+    """What an output folder records of the cascade: ``toy``, or its files' fingerprint."""
+    from ...pretrained import cascade_fingerprint
+
+    return "toy" if source is None else cascade_fingerprint(source)
+
+
+def _load_cascade(source: str | Path | None, device):
+    from ...cascade import RelayCascade
+
+    if source is None:
+        return RelayCascade.toy().to(device)
+    return RelayCascade.from_pretrained(source, device=device)
 
 
 def _parse_interval(text: str | None) -> tuple[float, float] | None:
@@ -91,6 +118,7 @@ common = [
     click.option("--fast", is_flag=True,
                  help="CPU: batches of --batch on all threads instead of the exact mode; pixels "
                       "then depend on --batch and the thread count (float rounding)."),
+    overwrite_option,
 ]
 
 
@@ -113,32 +141,43 @@ _with_common = with_options(common)
 @click.option("--guidance-interval", metavar="LO:HI", default=None,
               help="Guide only for σ in [LO, HI] (Kynkäänniemi et al. 2024), every stage.")
 @click.option("--all-stages", is_flag=True, help="Also write every lower stage's images.")
-def sample(cascade, toy, out, batch, device, fast, seeds, class_idx, balanced, steps, relay_steps, eta,
-           guidance, guidance_interval, all_stages) -> None:
-    """Generate one PNG per seed (resumable: seeds already written are skipped, damaged files
-    are written again).
+def sample(cascade, toy, out, batch, device, fast, overwrite, seeds, class_idx, balanced, steps,
+           relay_steps, eta, guidance, guidance_interval, all_stages) -> None:
+    """Generate one PNG per seed (resumable: a re-run with the same cascade and settings skips
+    the seeds already written and writes damaged files again).
 
     Under torchrun the seeds are sharded over ranks; results equal a single process.
     """
     if class_idx is not None and balanced:
         raise click.UsageError("use either --class or --balanced, not both")
-    seed_list = parse_seeds(seeds)
+    seed_list = unique_seeds(parse_seeds(seeds))
     interval = _parse_interval(guidance_interval)
-    check_out(out)
+    source = _cascade_source(cascade, toy)
+    settings = {"command": "sample", "--cascade": _cascade_identity(source), "--class": class_idx,
+                "--balanced": balanced, "--steps": steps, "--relay-steps": relay_steps, "--eta": eta,
+                "--guidance": guidance, "--guidance-interval": interval}
+    replace = claim_out(out, overwrite, settings)
     from ...io.distributed import init_world
+    from ...io.out_folder import filling_folder
     from ..generate import write_samples, write_summary
 
     world = init_world(device)
-    model = _load_cascade(cascade, toy, world.device)
+    if replace and world.size > 1:
+        raise click.UsageError(f"--overwrite {out}: not under torchrun (each process would "
+                               "replace it); run once without torchrun, or choose another --out")
+    model = _load_cascade(source, world.device)
     if model.num_classes == 0 and (class_idx is not None or balanced):
         raise click.UsageError("--class/--balanced: this cascade is unconditional")
     _apply_overrides(model, steps, relay_steps, guidance, eta, interval)
-    new = write_samples(model, seed_list, out, batch=batch, class_idx=class_idx,
-                        balanced=balanced, all_stages=all_stages, rank=world.rank, world=world.size,
-                        batch_invariant=not fast)
-    world.barrier()
-    if world.is_main:
-        write_summary(model, seed_list, out, class_idx=class_idx, balanced=balanced)
+    world.barrier()  # every rank has claimed --out before rank 0 records the settings in it
+    with filling_folder(out, replace=replace, settings=settings if world.is_main else None) as folder:
+        world.barrier()
+        new = write_samples(model, seed_list, folder, batch=batch, class_idx=class_idx,
+                            balanced=balanced, all_stages=all_stages, rank=world.rank,
+                            world=world.size, batch_invariant=not fast)
+        world.barrier()
+        if world.is_main:
+            write_summary(model, seed_list, folder, class_idx=class_idx, balanced=balanced)
     click.echo(f"{new} new image(s) in {out} ({len(seed_list) - new} already there)"
                if world.size == 1 else f"rank {world.rank}: {new} new image(s)")
 
@@ -165,6 +204,17 @@ def _output_paths(files: list[Path], input_dir: Path, out: Path) -> list[Path]:
     return list(targets)
 
 
+def _upscale_settings(source: str | Path | None, files: list[Path], input_dir: Path, seed: int,
+                      input_noise: float) -> dict[str, Any]:
+    """What determines the outputs of ``upscale``: recorded in --out, so that a re-run with the
+    same settings completes the folder and one with other settings is refused."""
+    from ...io.files import fingerprint
+
+    inputs = fingerprint((f.relative_to(input_dir).as_posix(), f.read_bytes()) for f in files)
+    return {"command": "upscale", "--cascade": _cascade_identity(source), "--input": inputs,
+            "--seed": seed, "--input-noise": input_noise}
+
+
 @click.command()
 @_with_common
 @click.option("--input", "input_dir", required=True, type=click.Path(path_type=Path),
@@ -173,8 +223,9 @@ def _output_paths(files: list[Path], input_dir: Path, out: Path) -> list[Path]:
               help="Seed of the first image (then +1 each).")
 @click.option("--input-noise", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Add Gaussian noise of this scale (in [-1, 1] units) to the inputs first.")
-def upscale(cascade, toy, out, batch, device, fast, input_dir, seed, input_noise) -> None:
-    """Relay your own images through the stages above their resolution."""
+def upscale(cascade, toy, out, batch, device, fast, overwrite, input_dir, seed, input_noise) -> None:
+    """Relay your own images through the stages above their resolution (a re-run with the same
+    settings writes only the missing outputs)."""
     from ...io.images import list_images
 
     try:
@@ -187,31 +238,39 @@ def upscale(cascade, toy, out, batch, device, fast, input_dir, seed, input_noise
     if seed + len(files) - 1 > MAX_SEED:
         raise click.BadParameter(f"seeds up to {seed + len(files) - 1:,} exceed {MAX_SEED:,}",
                                  param_hint="--seed")
-    check_out(out)
+    source = _cascade_source(cascade, toy)
+    settings = _upscale_settings(source, files, input_dir, seed, input_noise)
+    replace = claim_out(out, overwrite, settings)
     import numpy as np
     import torch
     from tqdm import tqdm
 
     from ...io.distributed import check_device
     from ...io.images import from_uint8, load_image, save_png, to_uint8
+    from ...io.out_folder import filling_folder
     from ...ops import randn
+    from ..generate import complete_png
 
     arrays = [load_image(f) for f in files]
     sizes = {a.shape[:2] for a in arrays}
     if len(sizes) > 1:
         raise click.BadParameter(f"{input_dir}: images have different sizes {sorted(sizes)}; "
                                  "resize them to one size first", param_hint="--input")
-    model = _load_cascade(cascade, toy, check_device(device))
-    low = from_uint8(np.stack(arrays))
-    seeds = list(range(seed, seed + len(files)))
-    if input_noise > 0:
-        gens = [torch.Generator().manual_seed(s + INPUT_NOISE_STREAM) for s in seeds]
-        low = low + input_noise * randn(low.shape, gens)
-    model.stage_after(low)
-    bar = tqdm(total=len(files), desc="upscaling", unit="img")
-    images = model(seeds, low_res=low, batch_size=batch, progress=bar.update,
-                   batch_invariant=not fast)[-1]
-    bar.close()
-    for target, arr in zip(targets, to_uint8(images), strict=True):
-        save_png(arr, target)
-    click.echo(f"{len(files)} image(s) upscaled to {images.shape[-1]}px in {out}")
+    model = _load_cascade(source, check_device(device))
+    model.stage_after(from_uint8(arrays[0][None]))
+    with filling_folder(out, replace=replace, settings=settings) as folder:
+        paths = [folder / t.relative_to(out) for t in targets]
+        todo = [k for k, path in enumerate(paths) if not complete_png(path)]
+        if todo:
+            low = from_uint8(np.stack([arrays[k] for k in todo]))
+            seeds = [seed + k for k in todo]
+            if input_noise > 0:
+                gens = [torch.Generator().manual_seed(s + INPUT_NOISE_STREAM) for s in seeds]
+                low = low + input_noise * randn(low.shape, gens)
+            with tqdm(total=len(todo), desc="upscaling", unit="img") as bar:
+                images = model(seeds, low_res=low, batch_size=batch, progress=bar.update,
+                               batch_invariant=not fast)[-1]
+            for k, arr in zip(todo, to_uint8(images), strict=True):
+                save_png(arr, paths[k])
+    click.echo(f"{len(todo)} image(s) upscaled to {model.resolutions[-1]}px in {out} "
+               f"({len(files) - len(todo)} already there)")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from . import check_out
+from . import check_out, claim_out, overwrite_option
 
 
 @click.command()
@@ -110,7 +110,8 @@ def cascade() -> None:
 @click.option("--half", is_flag=True,
               help="Store the weights as float16 (half the size; computed in float32).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Cascade folder.")
-def build(stages, guides, scales, half, out) -> None:
+@overwrite_option
+def build(stages, guides, scales, half, out, overwrite) -> None:
     """Write a cascade folder (EMA weights of every stage) that `relaydiff sample` loads.
 
     The k-th --guide and --guidance belong to the k-th --stage.
@@ -125,7 +126,7 @@ def build(stages, guides, scales, half, out) -> None:
             parsed.append(None if w == "-" else float(w))
         except ValueError:
             raise click.BadParameter(f"{w!r} is not a number (or '-')", param_hint="--guidance") from None
-    check_out(out)
+    claim_out(out, overwrite)  # the cascade is written beside --out and renamed into place
     from ...training.export import cascade_from_snapshots, load_stage_source
 
     model = cascade_from_snapshots(stages)
