@@ -69,7 +69,7 @@ def test_resize_flag_allows_it(data64, tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--set", "optim.lr=abc"], "optim.lr: expected a number, got 'abc'"),
+    (["--set", "optim.lr=abc"], "optim.lr: expected a number, got 'abc' (from --set optim.lr=abc)"),
     (["--set", "batch=[1]"], "batch: expected an integer, got [1]"),
     (["--set", "device=cuda:99"], "device 'cuda:99'"),
 ])

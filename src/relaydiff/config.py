@@ -32,22 +32,24 @@ def closest(key: str, valid: list[str]) -> str:
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     """Build dataclass ``cls`` from ``data``; nested dataclass fields are built recursively.
 
-    Unknown keys raise ``ValueError`` naming the key, where it was found and the closest valid key.
+    Unknown keys raise ``ValueError`` naming the key, where it was found (``where``: the dotted
+    path of ``data``; ``""`` for the top level, whose keys are then named bare) and the closest
+    valid key.
     """
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        raise ValueError(f"{where or 'config'}: expected a JSON object, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            raise ValueError(f"{where}: unknown key {key!r}{closest(key, names)} "
+            raise ValueError(f"{where or 'config'}: unknown key {key!r}{closest(key, names)} "
                              f"(valid: {', '.join(names)})")
-        kwargs[key] = _convert(hints[key], value, f"{where}.{key}")
+        kwargs[key] = _convert(hints[key], value, f"{where}.{key}" if where else key)
     try:
         return cls(**kwargs)
     except TypeError as e:
-        raise ValueError(f"{where}: {e}") from None
+        raise ValueError(f"{where or 'config'}: {e}") from None
 
 
 def _options(hint: Any) -> tuple[Any, ...]:

@@ -222,10 +222,24 @@ def config_path(name: str) -> Path:
     return Path(__file__).parents[1] / "configs" / f"{name}.json"
 
 
+def _nested(key: str, outer: str) -> bool:
+    """Whether the dotted ``key`` is ``outer`` or lies inside it."""
+    return key == outer or key.startswith(outer + ".")
+
+
 def load_train_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a training config file and apply ``--set`` overrides."""
+    """Read a training config file and apply ``--set`` overrides.
+
+    A bad value is one line: the file, the dotted key, the problem and, where the value came
+    from ``--set``, that override (``cfg.json: optim.lr: expected a number, got 'abc' (from
+    --set optim.lr=abc)``)."""
     data = read_json(path)
-    return TrainConfig.from_dict(apply_overrides(data, overrides), where=str(path))
+    try:
+        return TrainConfig.from_dict(apply_overrides(data, overrides), where="")
+    except ValueError as e:
+        key = str(e).split(":", 1)[0]
+        given = [o for o in overrides if _nested(o.split("=", 1)[0], key) or _nested(key, o.split("=", 1)[0])]
+        raise ValueError(f"{path}: {e}" + (f" (from --set {given[-1]})" if given else "")) from None
 
 
 def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
