@@ -24,6 +24,7 @@ from .commands.eval import eval_group
 from .commands.sample import sample, upscale
 from .commands.study import study
 from .commands.train import cascade, train
+from .threads import apply_thread_policy
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -62,7 +63,8 @@ def _error_line(error: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point."""
+    """Console entry point (it sets the CPU thread policy before anything imports torch)."""
+    apply_thread_policy()
     debug = bool(os.environ.get("RELAYDIFF_DEBUG"))
     if not debug:
         warnings.showwarning = _one_line_warning
