@@ -1,6 +1,6 @@
 """Throughput of CPU training and batched sampling on an idle and on a shared machine, with
-torch's default OpenMP waiting (spinning workers) against relaydiff's thread policy
-(``OMP_WAIT_POLICY=PASSIVE``, src/relaydiff/app/threads.py), measured in one run.
+torch's default OpenMP waiting (long-spinning workers) against relaydiff's thread policy
+(``GOMP_SPINCOUNT=1000``, src/relaydiff/app/threads.py), measured in one run.
 
 Each measurement is a fresh process running a real command through the command line's code:
 "policy" through ``relaydiff.app.cli.main`` (which applies the policy before torch loads),
@@ -69,7 +69,13 @@ def cpu_name() -> str:
 
 
 def run_command(policy: str, args: list[str]) -> dict:
+    """``relaydiff ARGS`` in a fresh process: through the entry point (``policy``), through the
+    bare click command (``torch default``) or, for a candidate ``NAME=VALUE``, through the bare
+    command with that OpenMP variable set."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    if "=" in policy:
+        key, value = policy.split("=", 1)
+        env[key] = value
     done = subprocess.run([sys.executable, "-c", RUNNER, "policy" if policy == "policy" else "off",
                            *args], env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -106,7 +112,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8, help="Seeds per sampling run [8].")
     parser.add_argument("--workloads", default="train,relay,sample --fast,sample")
     parser.add_argument("--json", type=Path, default=None, help="Also write the table here.")
+    parser.add_argument("--also", default="", help="Other candidates, e.g. GOMP_SPINCOUNT=10000 "
+                                                   "(comma-separated NAME=VALUE).")
     args = parser.parse_args()
+    policies = [*POLICIES, *(c.strip() for c in args.also.split(",") if c.strip())]
     workloads = [w.strip() for w in args.workloads.split(",")]
     rates: dict[tuple[str, int, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -118,10 +127,10 @@ def main() -> None:
                 time.sleep(0.5)
                 for _ in range(args.rounds):
                     for workload in workloads:
-                        for policy in POLICIES:
+                        for policy in policies:
                             rate = measure(workload, policy, tmp, data, args)
                             rates.setdefault((workload, busy, policy), []).append(rate)
-                            print(f"  {workload:<14} busy {busy} {policy:<13} {rate:8.2f} img/s",
+                            print(f"  {workload:<14} busy {busy} {policy:<22} {rate:8.2f} img/s",
                                   flush=True)
             finally:
                 for p in spinners:
@@ -130,13 +139,13 @@ def main() -> None:
     rows = []
     print(f"\n{cpu_name()}, {os.cpu_count()} logical CPUs, {args.rounds} rounds (median), "
           f"{args.busy} busy process(es) beside the 'busy' column")
-    print(f"{'workload':<14} {'policy':<13} {'idle img/s':>10} {'busy img/s':>10} {'busy/idle':>9}")
+    print(f"{'workload':<14} {'policy':<22} {'idle img/s':>10} {'busy img/s':>10} {'busy/idle':>9}")
     for workload in workloads:
-        for policy in POLICIES:
+        for policy in policies:
             idle, busy = med[(workload, 0, policy)], med[(workload, args.busy, policy)]
             rows.append({"workload": workload, "policy": policy, "idle": idle, "busy": busy,
                          "busy_over_idle": busy / idle})
-            print(f"{workload:<14} {policy:<13} {idle:10.2f} {busy:10.2f} {busy / idle:9.2f}")
+            print(f"{workload:<14} {policy:<22} {idle:10.2f} {busy:10.2f} {busy / idle:9.2f}")
         before, after = med[(workload, 0, "torch default")], med[(workload, 0, "policy")]
         print(f"{'':<14} idle: policy / torch default = {after / before:.2f}")
     if args.json:
