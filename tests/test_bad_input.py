@@ -79,6 +79,16 @@ def test_bad_values_are_one_line(data16, tmp_path, args, needle):
     one_line(run("train", str(cfg), *args, "--out", str(tmp_path / "r")), needle)
 
 
+def test_the_config_error_docs_train_md_quotes_is_what_the_cli_prints(data16, tmp_path):
+    """docs/train.md quotes the error of a bad ``--set`` value; it must be the line users see."""
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "train.md").read_text()
+    quoted = next(q for q in docs.split("`") if "expected a number, got 'abc'" in q)
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(config_dict(data16)))
+    r = run("train", str(cfg), "--set", "optim.lr=abc", "--out", str(tmp_path / "r"))
+    one_line(r, quoted.replace("CONFIG.json", str(cfg)))
+
+
 def test_out_that_is_a_file(tmp_path, data16):
     f = tmp_path / "file"
     f.write_text("keep")
@@ -177,7 +187,7 @@ def test_huge_seed_ranges_are_refused_at_once(tmp_path):
     one_line(run("sample", "--toy", "--seeds", "0-9999999999", "--out", str(tmp_path / "o")),
              "one run writes at most 10,000,000")
     one_line(run("sample", "--toy", "--seeds", "2000000000000", "--out", str(tmp_path / "o")),
-             "is too large")
+             "seed 2000000000000 is outside 0–1,099,511,627,775")
     assert not (tmp_path / "o").exists()
 
 
@@ -219,7 +229,7 @@ def test_repeated_seeds_are_written_once_with_one_warning(tmp_path, capsys):
 
 def test_disk_full_while_sampling_names_the_file_and_keeps_what_was_written(tmp_path, capsys,
                                                                              monkeypatch):
-    import relaydiff.app.generate as generate
+    import relaydiff.sample_writer as generate
 
     original = generate.save_png
 
