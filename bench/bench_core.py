@@ -131,7 +131,7 @@ def main() -> None:
         "heat_blur scalar": lambda: heat_blur(x, P, 1.7),
         "multiply": lambda: x * 1.0001,
         "randn": lambda: torch.randn(SHAPE),
-        "relay_noise paper": lambda: relay_noise(SHAPE, P, 0.15),
+        "relay_noise trapezoidal": lambda: relay_noise(SHAPE, P, 0.15),
         "relay_noise official": lambda: relay_noise(SHAPE, P, 0.15, variant="official"),
     }
     for eta in (0.0, 0.2):
@@ -153,8 +153,8 @@ def main() -> None:
     print("ratios (target):")
     print(f"  FFT baseline / heat_blur            {t['fft'] / t['heat_blur']:7.2f}  (≥ 20)")
     print(f"  heat_blur / multiply                {t['heat_blur'] / t['multiply']:7.2f}  (≤ 15)")
-    for v in ("paper", "official"):
-        print(f"  relay_noise {v:<8} / randn         {t['relay_noise ' + v] / t['randn']:7.2f}  (≤ 1.5)")
+    for v in ("trapezoidal", "official"):
+        print(f"  relay_noise {v:<11} / randn      {t['relay_noise ' + v] / t['randn']:7.2f}  (≤ 1.5)")
     for eta, sec in t_step.items():
         print(f"  Heun step eta={eta} / heat_blur     {sec / t['heat_blur scalar']:7.2f}  (≤ 4)")
 

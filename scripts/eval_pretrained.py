@@ -13,7 +13,6 @@ import argparse
 import json
 from pathlib import Path
 
-from relaydiff.app.generate import write_samples, write_summary
 from relaydiff.cascade import RelayCascade
 from relaydiff.data.datasets import open_dataset
 from relaydiff.data.floors import write_round_trip
@@ -21,6 +20,7 @@ from relaydiff.data.sources import default_dataset
 from relaydiff.io.files import finite_or_none, write_json
 from relaydiff.metrics.evaluate import build_reference, evaluate
 from relaydiff.pretrained import pretrained_path
+from relaydiff.sample_writer import write_samples, write_summary
 
 METRICS = ["fid", "kid", "pr", "swd", "spectrum"]
 

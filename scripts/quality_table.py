@@ -17,7 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from relaydiff.io.files import atomic_writer, write_json
+from relaydiff.analysis.plotting import new_figure, save_figure
+from relaydiff.io.files import write_json
 from relaydiff.version import __version__
 
 EMA_PREFIX = "ema-"
@@ -45,16 +46,11 @@ def read_row(spec: str) -> dict:
 
 
 def plot(rows: list[dict], baseline: dict | None, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     bars = [r for r in rows if not r["name"].startswith(EMA_PREFIX)]
     curve = sorted((float(r["name"][len(EMA_PREFIX):]), r["fid"]) for r in rows
                    if r["name"].startswith(EMA_PREFIX))
-    fig, axes = plt.subplots(1, 2 if curve else 1, figsize=(11 if curve else 6, 3.8), dpi=120,
-                             squeeze=False)
+    fig, axes = new_figure(ncols=2 if curve else 1, figsize=(11 if curve else 6, 3.8), dpi=120,
+                           squeeze=False)
     ax = axes[0, 0]
     ax.barh([r["name"] for r in bars][::-1], [r["fid"] for r in bars][::-1], color="#4c72b0")
     ax.set_xlim(min(r["fid"] for r in bars) - 5, max(r["fid"] for r in bars) + 2)
@@ -69,10 +65,7 @@ def plot(rows: list[dict], baseline: dict | None, path: Path) -> None:
         ax.set_ylabel("FID")
         ax.legend()
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_writer(path) as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

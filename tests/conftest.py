@@ -67,9 +67,10 @@ def box_matrix(c: int, h: int, w: int, s: int) -> np.ndarray:
 
 
 def noise_cov(c: int, h: int, w: int, s: int, alpha: float, variant: str) -> np.ndarray:
-    """Covariance of the relay noise ``n``: paper ``(I + α²S)/(1+α²)``, official ``I + α²KKᵀ``."""
+    """Covariance of the relay noise ``n``: the paper's (``"trapezoidal"``, old name ``"paper"``)
+    ``(I + α²S)/(1+α²)``, ``"official"`` ``I + α²KKᵀ``."""
     eye = np.eye(c * h * w)
-    if variant == "paper":
+    if variant != "official":
         return (eye + alpha**2 * same_block(c, h, w, s)) / (1 + alpha**2)
     k = box_matrix(c, h, w, s)
     return eye + alpha**2 * k @ k.T

@@ -20,10 +20,18 @@ from relaydiff.metrics import fid as fid_mod
 from relaydiff.metrics import spectrum as spec
 from relaydiff.metrics import swd as swd_mod
 from relaydiff.metrics.collect import collect
-from relaydiff.metrics.evaluate import evaluate, periodic_fid, read_label_sampling
+from relaydiff.metrics.evaluate import (
+    METRIC_TABLE,
+    PARTS,
+    evaluate,
+    format_table,
+    periodic_fid,
+    read_label_sampling,
+)
 from relaydiff.metrics.image_sets import ImageSet
 from relaydiff.metrics.inception_score import inception_score
 from relaydiff.metrics.kid import kernel_inception_distance, mmd2_unbiased
+from relaydiff.metrics.names import METRICS
 from relaydiff.metrics.precision_recall import precision_recall
 from relaydiff.metrics.reference import Reference
 from relaydiff.metrics.weights import fid_helper_weights, load_inception, weights_hash
@@ -578,6 +586,25 @@ def test_eval_table_shows_kid_times_1e3_and_json_the_raw_value(tmp_path, emoji, 
     row = re.search(r"^\s+KID ×1e3\s+(\S+)$", out, re.M)
     assert row and row.group(1) == f"{1e3 * kid:.4f}" and abs(kid) > 1e-3, out
     assert not re.search(r"^\s+KID\s+\S+$", out, re.M)
+
+
+def test_metric_table_has_one_entry_per_metric_name():
+    """Every name the command line knows is one METRIC_TABLE entry, in the same order, and a
+    pass's parts hold exactly the statistics the metrics compare with."""
+    assert tuple(METRIC_TABLE) == METRICS
+    assert PARTS == {"inception": ("mu", "sigma", "mu_s", "sigma_s", "pr_features"),
+                     "swd": ("swd",), "spectrum": ("spectrum",)}
+
+
+def test_eval_table_rows_labels_and_scales():
+    result = {"n_images": 3, "label_sampling": "class-balanced", "fid_name": "FID-CB",
+              "reference": {"path": "r.npz", "kind": "relaydiff"}, "fid": 1.5, "precision": 0.5,
+              "recall": 0.25, "kid": 0.002, "swd": 3.0, "spectrum": -1.0}
+    rows = [("FID-CB", 1.5), ("Precision", 0.5), ("Recall", 0.25), ("KID ×1e3", 2.0),
+            ("SWD ×1e3", 3.0), ("Spectrum (dB)", -1.0)]
+    assert format_table(result).splitlines() == [
+        "3 samples, label sampling: class-balanced, reference: r.npz (relaydiff)",
+        *(f"  {label:<14} {value:.4f}" for label, value in rows)]
 
 
 @pytest.mark.parametrize("damage", ["object-array", "truncated", "garbage"])

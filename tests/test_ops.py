@@ -3,14 +3,19 @@ and the statistics the block noise must have (docs/method.md §2.3, the paper's 
 
 from __future__ import annotations
 
+import json
 import math
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.fft
 import torch
 
+import relaydiff
 from relaydiff import ops
+from relaydiff.stage import StageConfig
 
 DEVICES = ["cpu", "meta"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -251,19 +256,19 @@ def test_official_block_noise_has_box_filter_correlation(h, w, s, ref):
     np.testing.assert_allclose(k @ k.T, expected, atol=1e-12)  # the ground-truth tests' C_n
 
 
-@pytest.mark.parametrize("variant", ["paper", "official"])
+@pytest.mark.parametrize("variant", ["trapezoidal", "official"])
 def test_relay_noise_variance_and_covariance(variant, ref):
     a = 0.15
     noise = ops.relay_noise((N_STAT, 2, 4, 8), 4, a, generator=gen(13), variant=variant)
     flat = noise.reshape(N_STAT, -1).double()
-    target = 1.0 if variant == "paper" else 1 + a * a
+    target = 1.0 if variant == "trapezoidal" else 1 + a * a
     assert abs(float(flat.var()) - target) < 0.005
     assert torch.all((flat.var(0) / target - 1).abs() < 0.03)
     np.testing.assert_allclose(torch.cov(flat.T).numpy(), ref.noise_cov(2, 4, 8, 4, a, variant),
                                atol=0.025)
 
 
-@pytest.mark.parametrize("variant", ["paper", "official"])
+@pytest.mark.parametrize("variant", ["trapezoidal", "official"])
 def test_noise_depends_on_own_generator_only(variant):
     """Per-sample generators: a sample's noise is the same alone, in any batch, at any position."""
     shape = (1, 3, 8, 8)
@@ -306,3 +311,35 @@ def test_noise_depends_on_own_generator_only(variant):
 def test_bad_input_raises_value_error_naming_the_value(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ------------------------------------------------------------------------------- variant names
+
+def test_one_name_per_relay_variant_and_the_old_name_paper():
+    assert ops.VARIANTS == ("trapezoidal", "official")
+    assert [ops.canonical_variant(v) for v in ops.VARIANTS] == list(ops.VARIANTS)
+    with pytest.warns(DeprecationWarning, match="'paper' is the old name of variant='trapezoidal'"):
+        old = ops.relay_noise((2, 1, 8, 8), 4, 0.15, generator=gen(3), variant="paper")
+    assert torch.equal(old, ops.relay_noise((2, 1, 8, 8), 4, 0.15, generator=gen(3)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ops.canonical_variant("paper", warn=False) == "trapezoidal"
+    with pytest.raises(ValueError, match=r"^variant='x' is unknown; use one of trapezoidal, official "
+                                         r"\(old name: paper = trapezoidal\)$"):
+        ops.canonical_variant("x")
+
+
+def test_stage_files_saying_paper_load_as_trapezoidal_without_warning():
+    """Stage files written by relaydiff 0.1 (the packaged relay stages among them) say
+    ``"variant": "paper"``; they load, silently, as ``"trapezoidal"``."""
+    files = [f for f in (Path(relaydiff.__file__).parent / "pretrained").rglob("config.json")
+             if json.loads(f.read_text()).get("kind") == "relay"]
+    assert files
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for f in files:
+            data = json.loads(f.read_text())
+            data["relay"]["variant"] = "paper"
+            config = StageConfig.from_dict(data, str(f))
+            assert config.relay.variant == "trapezoidal"
+            assert config.to_dict()["relay"]["variant"] == "trapezoidal"

@@ -150,7 +150,7 @@ def box(g: np.ndarray, s: int) -> np.ndarray:
     return sum(np.roll(g, (dx, dy), axis=(-2, -1)) for dx in range(s) for dy in range(s)) / s
 
 
-@pytest.mark.parametrize("variant", ["paper", "official"])
+@pytest.mark.parametrize("variant", ["trapezoidal", "official"])
 def test_relay_loss_per_sample(variant, ref):
     sched = RelaySchedule(0.89, 2.0)
     p, a = 4, 0.15
@@ -161,7 +161,7 @@ def test_relay_loss_per_sample(variant, ref):
     g = gen(6)
     r = ref.clone(g)
     eps = torch.randn(images.shape, generator=r, dtype=torch.float64).numpy()
-    if variant == "paper":
+    if variant == "trapezoidal":
         low = torch.randn(3, 2, 2, 2, generator=r, dtype=torch.float64).numpy()
         noise = (eps + a * low.repeat(p, -2).repeat(p, -1)) / math.sqrt(1 + a * a)
     else:
@@ -224,7 +224,7 @@ def test_relay_loss_sigma_sampling_official_clamps_at_u_min():
     assert scipy.stats.kstest(u_rest, "uniform", args=(u_min, 1 - u_min)).pvalue > 1e-3
 
 
-@pytest.mark.parametrize("variant", ["paper", "official"])
+@pytest.mark.parametrize("variant", ["trapezoidal", "official"])
 def test_relay_loss_sigma_per_sample_generators(variant):
     loss_fn = RelayLoss(RelaySchedule(0.93, 3.0), 4, variant=variant)
     batch = loss_fn.sample_sigma(3, generator=[gen(k) for k in (1, 2, 3)])
@@ -233,13 +233,19 @@ def test_relay_loss_sigma_per_sample_generators(variant):
 
 
 @pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
-@pytest.mark.parametrize("variant", ["paper", "official"])
+@pytest.mark.parametrize("variant", ["trapezoidal", "official"])
 def test_relay_loss_runs_on_the_images_device(device, variant):
     loss_fn = RelayLoss(RelaySchedule(0.93, 3.0), 4, variant=variant)
     images = torch.zeros(3, 3, 8, 8, device=device)
     sigma = loss_fn.sample_sigma(3, generator=gen(9), device=device)
     loss = loss_fn(AffineDenoiser(), images, sigma)
     assert loss.shape == (3,) and loss.device.type == device and torch.isfinite(loss).all()
+
+
+def test_relay_loss_old_variant_name_paper_is_trapezoidal():
+    with pytest.warns(DeprecationWarning, match="variant='trapezoidal'"):
+        old = RelayLoss(RelaySchedule(0.93, 3.0), 4, variant="paper")
+    assert old == RelayLoss(RelaySchedule(0.93, 3.0), 4) and old.to_dict()["variant"] == "trapezoidal"
 
 
 # -------------------------------------------------------------------------------- bad input

@@ -13,13 +13,23 @@ reproduced point by point with the right frequencies.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
 import scipy.stats
 import torch
 
-from relaydiff.samplers import edm_sample, relay_sample
+from relaydiff.samplers import (
+    edm_sample,
+    relay_sample,
+    sample_euler,
+    sample_heun,
+    sample_relay_euler,
+    sample_relay_heun,
+    sample_relay_official_heun,
+    sample_sde,
+)
 from relaydiff.schedules import RelaySchedule, karras_sigmas
 
 N = 10_000
@@ -561,3 +571,23 @@ def test_old_variant_name_paper_is_the_trapezoidal_corrector_and_deprecated():
     assert torch.equal(new, old)
     with pytest.raises(ValueError, match="'Paper' is unknown; use one of trapezoidal, official"):
         relay_sample(Recorder(), x, grid, S, 4, variant="Paper")
+
+
+def test_dispatchers_run_one_function_per_algorithm():
+    """``edm_sample`` and ``relay_sample`` give bitwise the results of the sampler their settings
+    name (k-diffusion style functions, callable on their own)."""
+    x = torch.randn(2, 3, 8, 8, generator=gen(92), dtype=DT)
+    grid = torch.tensor([0.8, 0.4, 0.1, 0.0], dtype=DT)
+    churn = dict(churn=5.0, s_min=0.05, s_max=0.5)
+    stage1 = [({"order": 1}, sample_euler), ({}, sample_heun),
+              ({"order": 1, "sde_scale": 0.1}, partial(sample_sde, order=1, sde_scale=0.1)),
+              ({"sde_scale": 0.1}, partial(sample_sde, sde_scale=0.1))]
+    for kw, sampler in stage1:
+        out = edm_sample(Recorder(), x, grid, generator=gen(5), **kw, **churn)
+        assert torch.equal(out, sampler(Recorder(), x, grid, generator=gen(5), **churn)), kw
+    relay = [({"order": 1}, sample_relay_euler),
+             ({"order": 1, "variant": "official"}, partial(sample_relay_euler, variant="official")),
+             ({}, sample_relay_heun), ({"variant": "official"}, sample_relay_official_heun)]
+    for kw, sampler in relay:
+        out = relay_sample(Recorder(), x, grid, S, 4, eta=0.2, generator=gen(6), **kw)
+        assert torch.equal(out, sampler(Recorder(), x, grid, S, 4, eta=0.2, generator=gen(6))), kw

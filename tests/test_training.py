@@ -31,6 +31,7 @@ from relaydiff.training.config import TrainConfig, apply_overrides, config_path,
 from relaydiff.training.cost import flops_per_image
 from relaydiff.training.data import GlobalSampleDataset, StepBatches
 from relaydiff.training.ema import EMA, ema_beta
+from relaydiff.training.events import Every, Schedule
 from relaydiff.training.loop import Trainer, make_loss, train
 
 
@@ -423,6 +424,26 @@ def test_keeps_last_k_snapshots_and_time_limit_stops_resumably(tmp_path, data16)
     assert [p.name for p in list_snapshots(run / "checkpoints")] == ["ckpt-00000008", "ckpt-00000010"]
     with pytest.raises(ValueError, match=r"already holds checkpoints; resume from them \(resume='auto'\)"):
         train(cfg, run, progress=False)
+
+
+def test_periodic_events_are_due_once_per_period_and_only_where_they_run():
+    """An event with a period of P images is due after the step that passes a multiple of P;
+    the loss report every ``log.every_steps`` steps; main-process events never elsewhere."""
+    every = Every(100)
+    assert [a for a in range(0, 400, 30) if every.crossed(a, a + 30)] == [90, 180, 270, 390]
+    assert not any(Every(0).crossed(a, a + 30) for a in range(0, 400, 30))
+    cfg = make_config(Path("unused"), log={"every_steps": 3, "grid_every_images": 8, "fid_every_images": 16},
+                      ema={"posthoc_sigma_rels": [0.05], "posthoc_every_images": 12})
+    main_rank = Schedule.of(cfg, main=True, posthoc=True)
+    steps = range(1, 13)  # batch 4: the step t takes the images seen from 4(t-1) to 4t
+    due = {name: [t for t in steps if getattr(main_rank, name).crossed(4 * (t - 1), 4 * t)]
+           for name in ("log", "posthoc", "checkpoint", "grid", "fid")}
+    assert due == {"log": [3, 6, 9, 12], "posthoc": [3, 6, 9, 12], "checkpoint": [4, 8, 12],
+                   "grid": [2, 4, 6, 8, 10, 12], "fid": [4, 8, 12]}
+    other = Schedule.of(cfg, main=False, posthoc=True)
+    assert (other.log, other.checkpoint) == (main_rank.log, main_rank.checkpoint)
+    assert other.posthoc == other.grid == other.fid == Every(0)
+    assert Schedule.of(cfg, main=True, posthoc=False).posthoc == Every(0)
 
 
 @pytest.mark.parametrize("kind, res, size", [("edm", 16, (32, 32)), ("relay", 32, (128, 64))])

@@ -21,25 +21,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import stage as _stage
-from ._deprecated import moved_attribute
+import relaydiff.stage as _stage  # the module itself, not through the package's __init__
+
 from .ops import noisy_condition, randn, relay_noise, upsample
 from .pretrained import read_cascade, write_cascade
 from .samplers import autoguidance, classifier_free_guidance, edm_sample, relay_sample
 from .schedules import karras_sigmas
+from .seeds import LABEL_STREAM, check_seeds
 
-LABEL_STREAM = 1 << 40  # offset of the seeds that draw random class labels
 EXACT_BATCH = 8  # samples per network call in exact (batch-invariant) CPU mode
-
-_MOVED = {
-    **{name: "relaydiff.stage" for name in ("StageConfig", "EDMSamplerConfig", "RelaySamplerConfig",
-                                            "GuidanceConfig", "RelayConfig", "build_denoiser")},
-    **{name: "relaydiff.pretrained" for name in ("pretrained_path", "PRETRAINED", "CASCADE_FORMAT")},
-}
-
-
-def __getattr__(name: str):
-    return moved_attribute(__name__, name, _MOVED)
 
 
 def conditioned(denoiser: Callable, cond_image: torch.Tensor, cond_sigma: torch.Tensor) -> Callable:
@@ -159,6 +149,8 @@ class RelayCascade(nn.Module):
         progress: Callable[[int], object] | None = None,
     ) -> list[torch.Tensor]:
         """Generate one image per seed; returns every stage's images (``N×C×R_k×R_k`` in [-1, 1]).
+        Seeds lie in ``0..relaydiff.seeds.MAX_SEED`` (``ValueError`` otherwise: a larger seed
+        would overlap another seed's label stream).
 
         ``batch_invariant`` (CPU): every network call sees exactly ``EXACT_BATCH`` samples and
         runs on one thread; groups of seeds run in parallel on as many threads as torch uses.
@@ -173,6 +165,7 @@ class RelayCascade(nn.Module):
         ``progress`` is called with the number of finished samples after each batch.
         """
         seeds = [int(s) for s in seeds]
+        check_seeds(seeds)
         if batch_size < 1:
             raise ValueError(f"batch size {batch_size} must be ≥ 1")
         first = 0
@@ -286,7 +279,7 @@ class RelayCascade(nn.Module):
                         device=device, dtype=dtype)
         x = relay_sample(denoiser, up + sigmas[0].item() * n, sigmas, r.schedule(s.prob_length),
                          r.scale, labels=labels, eta=s.eta, block_alpha=r.block_alpha, order=s.order,
-                         variant=r.sampler_variant, generator=generators, callback=callback)
+                         variant=r.variant, generator=generators, callback=callback)
         return x.clamp(-1, 1)
 
     def _guided(self, k: int, den, guide, labels):

@@ -15,8 +15,8 @@ import torch
 
 from .ops import (
     Generator,
+    canonical_variant,
     check_labels,
-    check_variant,
     downsample,
     heat_blur,
     noisy_condition,
@@ -74,9 +74,10 @@ class RelayLoss:
     """Relay loss (docs/method.md §2.5): ``x_u = Blur(x, b(u)) + σ(u)·n``.
 
     ``u ~ U(u_min, 1]`` with ``σ(u_min) = sigma_floor``; weight ``min(λ(σ), weight_max)``; the
-    network predicts the sharp image. ``variant="official"`` reproduces the released training
-    code: ``u_min = Φ(·)·L`` (multiply instead of divide), ``u`` clamped at ``u_min`` rather than
-    drawn above it, and the official (unnormalised, box-filter) relay noise.
+    network predicts the sharp image. ``variant`` (:data:`relaydiff.ops.VARIANTS`): the default
+    ``"trapezoidal"`` (old name ``"paper"``) is the paper's process; ``"official"`` reproduces the
+    released training code: ``u_min = Φ(·)·L`` (multiply instead of divide), ``u`` clamped at
+    ``u_min`` rather than drawn above it, and the official (unnormalised, box-filter) relay noise.
     """
 
     schedule: RelaySchedule
@@ -85,10 +86,10 @@ class RelayLoss:
     sigma_floor: float = 7.5e-3
     weight_max: float = 1e5
     sigma_data: float = 0.5
-    variant: str = "paper"
+    variant: str = "trapezoidal"
 
     def __post_init__(self) -> None:
-        check_variant(self.variant)
+        object.__setattr__(self, "variant", canonical_variant(self.variant))  # frozen dataclass
         if self.patch_size < 1:
             raise ValueError(f"patch_size={self.patch_size} must be ≥ 1")
 

@@ -3,12 +3,14 @@
 Every function works on tensors of shape ``(..., H, W)`` (usually ``N×C×H×W``), preserves dtype
 and device, and is written as a few small matrix products without loops over patches.
 Equations: docs/method.md §2.1 (patch DCT), §2.2 (heat dissipation), §2.3 (block noise, the
-paper's Eq. 8).
+paper's Eq. 8). The names of the two relay numerics, used by every module, are defined here
+(:data:`VARIANTS`, :func:`canonical_variant`; §2.7).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -17,7 +19,14 @@ import torch.nn.functional as F
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
-VARIANTS = ("paper", "official")
+VARIANTS = ("trapezoidal", "official")
+"""The two relay numerics, one name each for the forward process (block noise, training bounds)
+and the sampler (docs/method.md §2.7): ``"trapezoidal"``, this project's default (the paper's
+equations, with the trapezoidal Heun corrector), and ``"official"``, the released code's numerics
+(docs/official-differences.md)."""
+
+VARIANT_ALIASES = {"paper": "trapezoidal"}
+"""Old names of :data:`VARIANTS` (relaydiff 0.1), accepted everywhere; stage files keep them."""
 
 
 def check_labels(labels: torch.Tensor | None, n: int) -> None:
@@ -27,10 +36,20 @@ def check_labels(labels: torch.Tensor | None, n: int) -> None:
                          "pass one label (row) per sample")
 
 
-def check_variant(variant: str) -> str:
-    """Return ``variant`` if it is known, else raise a ``ValueError`` naming the choices."""
+def canonical_variant(variant: str, *, warn: bool = True) -> str:
+    """The :data:`VARIANTS` name of relay variant ``variant``; an unknown name raises a
+    ``ValueError`` listing the valid ones. An old name (:data:`VARIANT_ALIASES`) gives its new
+    name, with a ``DeprecationWarning`` unless ``warn=False`` (files on disk keep old names)."""
+    if variant in VARIANT_ALIASES:
+        new = VARIANT_ALIASES[variant]
+        if warn:
+            warnings.warn(f"variant={variant!r} is the old name of variant={new!r}; use {new!r} "
+                          "(docs/method.md §2.7)", DeprecationWarning, stacklevel=3)
+        return new
     if variant not in VARIANTS:
-        raise ValueError(f"variant={variant!r} is unknown; use one of {', '.join(VARIANTS)}")
+        old = ", ".join(f"{a} = {n}" for a, n in VARIANT_ALIASES.items())
+        raise ValueError(f"variant={variant!r} is unknown; use one of {', '.join(VARIANTS)} "
+                         f"(old name: {old})")
     return variant
 
 
@@ -245,20 +264,21 @@ def block_noise(
     s: int,
     *,
     generator: Generator = None,
-    variant: str = "paper",
+    variant: str = "trapezoidal",
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Block noise ``Block_s`` of unit per-pixel variance.
 
-    ``variant="paper"``: one standard normal value per ``s×s`` block aligned with the patch grid
-    (nearest-upsampled white noise). ``variant="official"``: the released code's circular sliding
-    box filter ``(1/s)·Σ_{dx,dy<s} roll(g, (dx, dy))`` of one full-resolution white noise ``g``.
+    ``variant="trapezoidal"`` (the paper's Eq. 8; old name ``"paper"``): one standard normal value
+    per ``s×s`` block aligned with the patch grid (nearest-upsampled white noise).
+    ``variant="official"``: the released code's circular sliding box filter
+    ``(1/s)·Σ_{dx,dy<s} roll(g, (dx, dy))`` of one full-resolution white noise ``g``.
     """
-    check_variant(variant)
+    variant = canonical_variant(variant)
     shape = tuple(int(v) for v in shape)
     _check_patch(shape, s)
-    if variant == "paper":
+    if variant == "trapezoidal":
         *lead, h, w = shape
         low = randn((*lead, h // s, w // s), generator, device=device, dtype=dtype)
         return upsample(low, s)
@@ -271,16 +291,17 @@ def relay_noise(
     alpha: float,
     *,
     generator: Generator = None,
-    variant: str = "paper",
+    variant: str = "trapezoidal",
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Relay noise ``n``: white noise mixed with block noise of scale ``alpha`` (paper Eq. 8).
 
-    Paper: ``n = (ε + α·Block_s)/√(1+α²)`` (per-pixel variance 1). Official: ``n = ε + α·Block_s``
-    with the box-filter block noise (variance ``1+α²``). ``ε`` is drawn before the block noise.
+    ``"trapezoidal"`` (the paper's; old name ``"paper"``): ``n = (ε + α·Block_s)/√(1+α²)``
+    (per-pixel variance 1). ``"official"``: ``n = ε + α·Block_s`` with the box-filter block noise
+    (variance ``1+α²``). ``ε`` is drawn before the block noise.
     """
-    check_variant(variant)
+    variant = canonical_variant(variant)
     if not math.isfinite(alpha) or alpha < 0:
         raise ValueError(f"block noise scale alpha={alpha} must be finite and ≥ 0")
     shape = tuple(int(v) for v in shape)

@@ -33,12 +33,6 @@ def pretrained_path(name: str = PRETRAINED) -> Path:
     return Path(__file__).parent / "pretrained" / name
 
 
-def packaged_names() -> list[str]:
-    """Names of the cascades shipped in the package."""
-    root = Path(__file__).parent / "pretrained"
-    return sorted(p.name for p in root.iterdir() if (p / CASCADE_FILE).is_file())
-
-
 def resolve(directory: str | Path) -> Path:
     """A cascade folder: ``directory`` itself, or, for a bare name that is not a folder here,
     the packaged cascade of that name (names never resolve outside the package)."""

@@ -1,21 +1,24 @@
-"""Samplers: EDM's stochastic Heun sampler for stage 1 and the relay sampler for stage k ≥ 2.
+"""Samplers: EDM's sampler for stage 1 and the relay sampler for stage k ≥ 2.
 
-Small functions in the style of k-diffusion. A denoiser is any callable
-``denoiser(x, sigma, labels) -> x0_hat`` with ``sigma`` of shape ``(N,)``. The sampler state
-keeps the dtype of the input (float64 or float32) on its device; noise comes from one
-generator or one generator per sample (``relaydiff.ops.randn``). Equations: docs/method.md
-§1.3 (stage-1 sampler), §2.6 (relay sampler) and §3 (guidance).
+One small function per algorithm, in the style of k-diffusion: :func:`sample_euler`,
+:func:`sample_heun` and :func:`sample_sde` for stage 1 (docs/method.md §1.3),
+:func:`sample_relay_euler`, :func:`sample_relay_heun` and :func:`sample_relay_official_heun` for
+relay stages (§2.6); :func:`edm_sample` and :func:`relay_sample` pick one from a stage's settings.
+A denoiser is any callable ``denoiser(x, sigma, labels) -> x0_hat`` with ``sigma`` of shape
+``(N,)``. The sampler state keeps the dtype of the input (float64 or float32) on its device; noise
+comes from one generator or one generator per sample (``relaydiff.ops.randn``). Guidance: §3.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple
 
 import torch
 
-from .ops import Generator, check_labels, heat_blur, randn, relay_noise
+from .ops import Generator, canonical_variant, check_labels, heat_blur, randn, relay_noise
 from .schedules import RelaySchedule, check_sigmas
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -33,36 +36,29 @@ def _denoise(denoiser: Denoiser, x: torch.Tensor, sigma: float, labels) -> torch
     return denoiser(x, s, labels).to(x.dtype)
 
 
-def edm_sample(
-    denoiser: Denoiser,
-    latents: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    labels: torch.Tensor | None = None,
-    churn: float = 0.0,
-    s_min: float = 0.0,
-    s_max: float = math.inf,
-    s_noise: float = 1.0,
-    order: int = 2,
-    sde_scale: float = 0.0,
-    generator: Generator = None,
-    callback: Callback | None = None,
-) -> torch.Tensor:
-    """EDM's sampler (Karras et al. 2022, Algorithm 2) from unit-normal ``latents``.
+# --------------------------------------------------------------------------- stage 1 (EDM)
 
-    ``x_0 = σ_0·latents``. With churn, ``σ̂_i = σ_i(1+γ_i)``, ``γ_i = min(S_churn/N, √2−1)`` for
-    ``σ_i ∈ [S_min, S_max]`` and ``x̂_i = x_i + √(σ̂_i²−σ_i²)·S_noise·ε``. Euler
-    ``x_{i+1} = x̂_i + (σ_{i+1} − σ̂_i)·d_i`` with ``d_i = (x̂_i − D(x̂_i; σ̂_i))/σ̂_i``; Heun
-    (``order=2``) averages ``d_i`` with the slope at ``x_{i+1}`` unless ``σ_{i+1} = 0``.
+Increment = Callable[[float, float, torch.Tensor], "tuple[float, torch.Tensor | float]"]
+"""``increment(σ̂_i, σ_{i+1}, x̂_i) -> (h, fresh)`` of a step ``x_{i+1} = x̂_i + h·d_i + fresh``."""
 
-    ``sde_scale > 0`` is the SDE variant of the released CelebA-HQ script:
-    ``g = sde_scale·σ_{i+1}``, ``a = √((σ_{i+1}² − g²)/σ̂_i²)``,
-    ``x_{i+1} = x̂_i + (a − 1)·σ̂_i·d + g·ε`` (the corrector reuses the predictor's ``ε``).
-    """
-    _check_order(order)
+
+def _ode_increment(s_hat: float, s_next: float, x: torch.Tensor) -> tuple[float, float]:
+    return s_next - s_hat, 0.0
+
+
+def _edm_loop(denoiser: Denoiser, latents: torch.Tensor, sigmas: torch.Tensor, order: int,
+              increment: Increment, *, labels: torch.Tensor | None, churn: float, s_min: float,
+              s_max: float, s_noise: float, generator: Generator, callback: Callback | None
+              ) -> torch.Tensor:
+    """EDM's Algorithm 2 around a step rule (docs/method.md §1.3). ``x_0 = σ_0·latents``; per
+    step the churn ``σ̂_i = σ_i(1+γ_i)``, ``γ_i = min(S_churn/N, √2−1)`` for
+    ``σ_i ∈ [S_min, S_max]`` (else 0), ``x̂_i = x_i + √(σ̂_i²−σ_i²)·S_noise·ε``, the slope
+    ``d_i = (x̂_i − D(x̂_i; σ̂_i))/σ̂_i`` and ``x_{i+1} = x̂_i + h·d_i + fresh`` with
+    ``(h, fresh) = increment(σ̂_i, σ_{i+1}, x̂_i)``; ``order=2`` corrects it (unless
+    ``σ_{i+1} = 0``) to ``x̂_i + h·(d_i + d')/2 + fresh``, ``d'`` the slope at ``x_{i+1}``."""
     sigmas = check_sigmas(sigmas)
-    if churn < 0 or not 0 <= sde_scale < 1:
-        raise ValueError(f"need churn ≥ 0 and 0 ≤ sde_scale < 1, got churn={churn}, sde_scale={sde_scale}")
+    if churn < 0:
+        raise ValueError(f"churn={churn} must be ≥ 0")
     check_labels(labels, latents.shape[0])
     n_steps = len(sigmas) - 1
     s_list = sigmas.tolist()
@@ -78,42 +74,279 @@ def edm_sample(
         if callback is not None:
             callback(i, s_hat, x, denoised)
         d = (x - denoised) / s_hat
-        if sde_scale > 0 and s_next > 0:
-            g = sde_scale * s_next
-            a = math.sqrt((s_next**2 - g**2) / s_hat**2)
-            fresh = g * randn(x.shape, generator, device=x.device, dtype=x.dtype)
-            step = (a - 1) * s_hat
-        else:
-            fresh, step = 0.0, s_next - s_hat
-        x_next = x + step * d + fresh
+        h, fresh = increment(s_hat, s_next, x)
+        x_next = x + h * d + fresh
         if order == 2 and s_next > 0:
             d_next = (x_next - _denoise(denoiser, x_next, s_next, labels)) / s_next
-            x_next = x + step * (d + d_next) / 2 + fresh
+            x_next = x + h * (d + d_next) / 2 + fresh
         x = x_next
     return x
 
 
-RELAY_VARIANTS = ("trapezoidal", "official")
+def sample_euler(
+    denoiser: Denoiser,
+    latents: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    labels: torch.Tensor | None = None,
+    churn: float = 0.0,
+    s_min: float = 0.0,
+    s_max: float = math.inf,
+    s_noise: float = 1.0,
+    generator: Generator = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """EDM's Algorithm 2 with Euler steps ``x_{i+1} = x̂_i + (σ_{i+1} − σ̂_i)·d_i`` (docs/method.md
+    §1.3) from unit-normal ``latents``; ``churn=0`` is the deterministic Euler sampler."""
+    return _edm_loop(denoiser, latents, sigmas, 1, _ode_increment, labels=labels, churn=churn,
+                     s_min=s_min, s_max=s_max, s_noise=s_noise, generator=generator,
+                     callback=callback)
 
 
-def relay_variant(variant: str) -> str:
-    """``variant`` of :func:`relay_sample` checked; the old name ``"paper"`` (relaydiff 0.1)
-    means ``"trapezoidal"`` and is deprecated."""
-    if variant == "paper":
-        warnings.warn('relay_sample(variant="paper") is now variant="trapezoidal" (the paper\'s '
-                      "slope-average Heun step is first order; see docs/official-differences.md)",
-                      DeprecationWarning, stacklevel=3)
-        return "trapezoidal"
-    if variant not in RELAY_VARIANTS:
-        raise ValueError(f"variant={variant!r} is unknown; use one of {', '.join(RELAY_VARIANTS)}")
-    return variant
+def sample_heun(
+    denoiser: Denoiser,
+    latents: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    labels: torch.Tensor | None = None,
+    churn: float = 0.0,
+    s_min: float = 0.0,
+    s_max: float = math.inf,
+    s_noise: float = 1.0,
+    generator: Generator = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """EDM's Algorithm 2 (Karras et al. 2022; docs/method.md §1.3): the Euler step of
+    :func:`sample_euler` corrected with the slope at its end,
+    ``x_{i+1} = x̂_i + (σ_{i+1} − σ̂_i)·(d_i + d')/2``, except on the last step (``σ_{i+1} = 0``)."""
+    return _edm_loop(denoiser, latents, sigmas, 2, _ode_increment, labels=labels, churn=churn,
+                     s_min=s_min, s_max=s_max, s_noise=s_noise, generator=generator,
+                     callback=callback)
 
+
+def sample_sde(
+    denoiser: Denoiser,
+    latents: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    sde_scale: float,
+    order: int = 2,
+    labels: torch.Tensor | None = None,
+    churn: float = 0.0,
+    s_min: float = 0.0,
+    s_max: float = math.inf,
+    s_noise: float = 1.0,
+    generator: Generator = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """The SDE sampler of the released CelebA-HQ script (docs/method.md §1.3): after the churn of
+    :func:`sample_euler`, ``g = sde_scale·σ_{i+1}``, ``a = √((σ_{i+1}² − g²)/σ̂_i²)`` and
+    ``x_{i+1} = x̂_i + (a − 1)·σ̂_i·d_i + g·ε``; ``order=2`` corrects with the slope at that point
+    and reuses ``ε``. The last step (``σ_{i+1} = 0``) is an Euler step."""
+    _check_order(order)
+    if not 0 < sde_scale < 1:
+        raise ValueError(f"sde_scale={sde_scale} must lie in (0, 1) (0: the ODE samplers, "
+                         "sample_heun or sample_euler)")
+
+    def increment(s_hat: float, s_next: float, x: torch.Tensor) -> tuple[float, torch.Tensor | float]:
+        if s_next == 0:
+            return _ode_increment(s_hat, s_next, x)
+        g = sde_scale * s_next
+        a = math.sqrt((s_next**2 - g**2) / s_hat**2)
+        return (a - 1) * s_hat, g * randn(x.shape, generator, device=x.device, dtype=x.dtype)
+
+    return _edm_loop(denoiser, latents, sigmas, order, increment, labels=labels, churn=churn,
+                     s_min=s_min, s_max=s_max, s_noise=s_noise, generator=generator,
+                     callback=callback)
+
+
+def edm_sample(
+    denoiser: Denoiser,
+    latents: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    labels: torch.Tensor | None = None,
+    churn: float = 0.0,
+    s_min: float = 0.0,
+    s_max: float = math.inf,
+    s_noise: float = 1.0,
+    order: int = 2,
+    sde_scale: float = 0.0,
+    generator: Generator = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """The stage-1 sampler of a stage's settings (docs/method.md §1.3): :func:`sample_sde` for
+    ``sde_scale`` ≠ 0, else :func:`sample_heun` (``order=2``) or :func:`sample_euler`
+    (``order=1``), all with the churn ``churn, s_min, s_max, s_noise``."""
+    _check_order(order)
+    common = dict(labels=labels, churn=churn, s_min=s_min, s_max=s_max, s_noise=s_noise,
+                  generator=generator, callback=callback)
+    if sde_scale != 0:
+        return sample_sde(denoiser, latents, sigmas, sde_scale=sde_scale, order=order, **common)
+    return (sample_heun if order == 2 else sample_euler)(denoiser, latents, sigmas, **common)
+
+
+# --------------------------------------------------------------------------- relay stages
 
 def _relay_transfer(target: torch.Tensor, gamma: float, b_cur: float, b_next: float,
                     patch_size: int, min_scale: float) -> torch.Tensor:
     """``L(t) = IDCT((a_{i+1} − γ·a_i) ⊙ DCT(t)) = Blur_{i+1}(t) − γ·Blur_i(t)``."""
     out = heat_blur(target, patch_size, b_next, min_scale)
     return out.sub_(heat_blur(target, patch_size, b_cur, min_scale), alpha=gamma)
+
+
+class _RelayStep(NamedTuple):
+    """The Euler step of a relay sampler from ``x`` (at ``s`` = σ_i) to ``x_next`` (at
+    ``s_next`` = σ_{i+1}), ``x_next = base + update + noise``, in the parts a corrector reuses."""
+
+    x: torch.Tensor
+    denoised: torch.Tensor  # D(x_i; σ_i)
+    s: float
+    s_next: float
+    base: torch.Tensor  # γ·x_i
+    update: torch.Tensor  # L(D(x_i; σ_i))
+    noise: torch.Tensor | None  # η·σ_{i+1}·n, None for η = 0
+    noise_scale: float  # η·σ_{i+1}
+    x_next: torch.Tensor
+    transfer: Callable[[torch.Tensor], torch.Tensor]  # L of this step
+    draw: Callable[[], torch.Tensor]  # a fresh relay noise n
+
+
+Corrector = Callable[[_RelayStep, torch.Tensor], torch.Tensor]
+"""``corrector(step, D(x_{i+1}; σ_{i+1}))`` → the corrected ``x_{i+1}`` of a Heun-type sampler."""
+
+
+def _relay_loop(denoiser: Denoiser, x_start: torch.Tensor, sigmas: torch.Tensor,
+                schedule: RelaySchedule, patch_size: int, corrector: Corrector | None, *,
+                labels: torch.Tensor | None, eta: float, block_alpha: float, variant: str,
+                generator: Generator, callback: Callback | None) -> torch.Tensor:
+    """The relay sampler's loop (docs/method.md §2.6): per step the Euler step
+    ``x_{i+1} = γ·x_i + L(D(x_i;σ_i)) + η·σ_{i+1}·n`` (``n``: relay noise of ``variant``), then
+    ``corrector`` (``None``: Euler); the last step (``σ_{i+1} = 0``) returns ``D(x_i;σ_i)``."""
+    sigmas = check_sigmas(sigmas)
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta={eta} (stochasticity) must lie in [0, 1]")
+    check_labels(labels, x_start.shape[0])
+    s_list = sigmas.tolist()
+    blur = [*schedule.blur_sigma_at(sigmas[:-1]).tolist(), 0.0]
+
+    def draw() -> torch.Tensor:
+        return relay_noise(x.shape, patch_size, block_alpha, generator=generator,
+                           variant=variant, device=x.device, dtype=x.dtype)
+
+    x = x_start
+    for i in range(len(s_list) - 1):
+        s, s_next = s_list[i], s_list[i + 1]
+        denoised = _denoise(denoiser, x, s, labels)
+        if callback is not None:
+            callback(i, s, x, denoised)
+        if s_next == 0:
+            return denoised
+        gamma = math.sqrt(1 - eta**2) * s_next / s
+        transfer = partial(_relay_transfer, gamma=gamma, b_cur=blur[i], b_next=blur[i + 1],
+                           patch_size=patch_size, min_scale=schedule.min_scale)
+        base = x * gamma
+        update = transfer(denoised)
+        n = draw().mul_(eta * s_next) if eta > 0 else None
+        x_next = base + update if n is None else (base + update).add_(n)
+        if corrector is not None:
+            step = _RelayStep(x, denoised, s, s_next, base, update, n, eta * s_next, x_next,
+                              transfer, draw)
+            x_next = corrector(step, _denoise(denoiser, x_next, s_next, labels))
+        x = x_next
+    return x
+
+
+def _trapezoidal(step: _RelayStep, denoised_next: torch.Tensor) -> torch.Tensor:
+    """``x_{i+1} = γ·x_i + L((D(x_i) + D(x'))/2)`` plus the predictor's noise."""
+    update = step.update.add_(step.transfer(denoised_next)).mul_(0.5)
+    return update.add_(step.base) if step.noise is None else update.add_(step.base).add_(step.noise)
+
+
+def _released_heun(step: _RelayStep, denoised_next: torch.Tensor) -> torch.Tensor:
+    """``x_{i+1} = γ·x_i + L(x_i − σ_i·(d + d')/2)`` with ``d = (x_i − D(x_i))/σ_i``,
+    ``d' = (x' − D(x'))/σ_{i+1}``, plus fresh noise."""
+    slopes = (step.x - step.denoised) / step.s + (step.x_next - denoised_next) / step.s_next
+    x_next = step.base + step.transfer(step.x - slopes * (step.s / 2))
+    if step.noise is not None:
+        x_next.add_(step.draw(), alpha=step.noise_scale)
+    return x_next
+
+
+def sample_relay_euler(
+    denoiser: Denoiser,
+    x_start: torch.Tensor,
+    sigmas: torch.Tensor,
+    schedule: RelaySchedule,
+    patch_size: int,
+    *,
+    labels: torch.Tensor | None = None,
+    eta: float = 0.0,
+    block_alpha: float = 0.15,
+    variant: str = "trapezoidal",
+    generator: Generator = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Euler steps of the relay sampler (docs/method.md §2.6). ``x_start`` is the noised state at
+    ``sigmas[0]`` (e.g. ``up(x_low) + σ_0·n``). With ``U = DCT(x_i)``, ``Û = DCT(D(x_i;σ_i))``,
+    ``a_i = a_{b(u(σ_i))}`` and ``γ = √(1−η²)·σ_{i+1}/σ_i``:
+    ``U' = a_{i+1}·Û + γ·(U − a_i·Û) = γ·U + L·Û`` with ``L = a_{i+1} − γ·a_i``, and
+    ``x_{i+1} = IDCT(U') + η·σ_{i+1}·n``, ``n`` the relay noise of ``variant``
+    (:data:`relaydiff.ops.VARIANTS`). The last step (``σ_{i+1} = 0``) returns ``D(x_i;σ_i)``.
+    ``schedule`` is the sampling schedule (its ``prob_length`` is the sampling ``L``)."""
+    return _relay_loop(denoiser, x_start, sigmas, schedule, patch_size, None, labels=labels,
+                       eta=eta, block_alpha=block_alpha, variant=canonical_variant(variant),
+                       generator=generator, callback=callback)
+
+
+def sample_relay_heun(
+    denoiser: Denoiser,
+    x_start: torch.Tensor,
+    sigmas: torch.Tensor,
+    schedule: RelaySchedule,
+    patch_size: int,
+    *,
+    labels: torch.Tensor | None = None,
+    eta: float = 0.0,
+    block_alpha: float = 0.15,
+    generator: Generator = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """This project's relay sampler (variant ``"trapezoidal"``, docs/method.md §2.6): the Euler
+    step of :func:`sample_relay_euler`, then ``Û' = DCT(D(x_{i+1};σ_{i+1}))`` at its end and the
+    trapezoidal rule on the denoised images, ``U'' = γ·U + L·(Û + Û')/2``, with the predictor's
+    noise and the paper's relay noise. Second order."""
+    return _relay_loop(denoiser, x_start, sigmas, schedule, patch_size, _trapezoidal,
+                       labels=labels, eta=eta, block_alpha=block_alpha, variant="trapezoidal",
+                       generator=generator, callback=callback)
+
+
+def sample_relay_official_heun(
+    denoiser: Denoiser,
+    x_start: torch.Tensor,
+    sigmas: torch.Tensor,
+    schedule: RelaySchedule,
+    patch_size: int,
+    *,
+    labels: torch.Tensor | None = None,
+    eta: float = 0.0,
+    block_alpha: float = 0.15,
+    generator: Generator = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """The paper's Algorithm as the released code runs it (variant ``"official"``, docs/method.md
+    §2.6): the slope average ``d = (U − Û)/σ_i``, ``d' = (U' − Û')/σ_{i+1}``,
+    ``U'' = (a_{i+1} + γ − γ·a_i)·U + σ_i·(γ·a_i − a_{i+1})·(d + d')/2``, fresh noise in the
+    corrector and the official relay noise. Only first order once the blur changes with σ: on
+    Gaussian data with a detailed mean its samples are measurably biased
+    (docs/official-differences.md)."""
+    return _relay_loop(denoiser, x_start, sigmas, schedule, patch_size, _released_heun,
+                       labels=labels, eta=eta, block_alpha=block_alpha, variant="official",
+                       generator=generator, callback=callback)
+
+
+RELAY_HEUN = {"trapezoidal": sample_relay_heun, "official": sample_relay_official_heun}
+"""The Heun-type relay sampler of each of :data:`relaydiff.ops.VARIANTS`."""
 
 
 def relay_sample(
@@ -131,68 +364,18 @@ def relay_sample(
     generator: Generator = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
-    """The relay (blurring-diffusion) sampler, docs/method.md §2.6.
-
-    ``x_start`` is the noised state at ``sigmas[0]`` (e.g. ``up(x_low) + σ_0·n``). With
-    ``U = DCT(x_i)``, ``Û = DCT(D(x_i;σ_i))``, ``a_i = a_{b(u(σ_i))}`` and
-    ``γ = √(1−η²)·σ_{i+1}/σ_i`` the Euler step is ``U' = a_{i+1}·Û + γ·(U − a_i·Û)
-    = γ·U + L·Û`` with ``L = a_{i+1} − γ·a_i``, and ``x_{i+1} = IDCT(U') + η·σ_{i+1}·n``.
-    The last step (``σ_{i+1} = 0``) returns ``D(x_i;σ_i)``.
-
-    Heun (``order=2``) evaluates ``Û' = DCT(D(x_{i+1};σ_{i+1}))`` at the Euler point.
-    ``variant="trapezoidal"`` (the default) uses the trapezoidal rule on the denoised images,
-    ``U'' = γ·U + L·(Û + Û')/2``, which is second order, with the paper's block noise; the
-    corrector reuses the predictor's noise ``n``. The slope average of the paper's Algorithm
-    (``d = (U − Û)/σ_i``, ``d' = (U' − Û')/σ_{i+1}``,
-    ``U'' = (a_{i+1} + γ − γ·a_i)·U + σ_i·(γ·a_i − a_{i+1})·(d + d')/2``) is only first order
-    once the blur changes with σ: on Gaussian data with a detailed mean its samples are
-    measurably biased (docs/official-differences.md). ``variant="official"`` keeps that
-    released formula, draws fresh noise in the corrector and uses the official relay noise.
-    ``"paper"`` is the deprecated old name of ``"trapezoidal"``.
-    ``schedule`` is the sampling schedule (its ``prob_length`` is the sampling ``L``).
-    """
+    """The relay sampler of a stage's settings (docs/method.md §2.6): :func:`sample_relay_euler`
+    for ``order=1``, else :data:`RELAY_HEUN` of ``variant`` (:data:`relaydiff.ops.VARIANTS`):
+    :func:`sample_relay_heun` for ``"trapezoidal"`` (the default; old name ``"paper"``, which
+    warns) or :func:`sample_relay_official_heun` for ``"official"``."""
     _check_order(order)
-    variant = relay_variant(variant)
-    noise_variant = "official" if variant == "official" else "paper"
-    sigmas = check_sigmas(sigmas)
-    if not 0 <= eta <= 1:
-        raise ValueError(f"eta={eta} (stochasticity) must lie in [0, 1]")
-    check_labels(labels, x_start.shape[0])
-    s_list = sigmas.tolist()
-    blur = [*schedule.blur_sigma_at(sigmas[:-1]).tolist(), 0.0]
-    m = schedule.min_scale
-
-    def noise() -> torch.Tensor:
-        return relay_noise(x.shape, patch_size, block_alpha, generator=generator,
-                           variant=noise_variant, device=x.device, dtype=x.dtype)
-
-    x = x_start
-    for i in range(len(s_list) - 1):
-        s, s_next = s_list[i], s_list[i + 1]
-        denoised = _denoise(denoiser, x, s, labels)
-        if callback is not None:
-            callback(i, s, x, denoised)
-        if s_next == 0:
-            return denoised
-        gamma = math.sqrt(1 - eta**2) * s_next / s
-        base = x * gamma
-        update = _relay_transfer(denoised, gamma, blur[i], blur[i + 1], patch_size, m)
-        n = noise().mul_(eta * s_next) if eta > 0 else None
-        x_next = base + update if n is None else (base + update).add_(n)
-        if order == 2:
-            denoised_next = _denoise(denoiser, x_next, s_next, labels)
-            if variant == "official":
-                slopes = (x - denoised) / s + (x_next - denoised_next) / s_next
-                target = x - slopes * (s / 2)
-                x_next = base + _relay_transfer(target, gamma, blur[i], blur[i + 1], patch_size, m)
-                if n is not None:
-                    x_next.add_(noise(), alpha=eta * s_next)
-            else:
-                update.add_(_relay_transfer(denoised_next, gamma, blur[i], blur[i + 1],
-                                            patch_size, m)).mul_(0.5)
-                x_next = update.add_(base) if n is None else update.add_(base).add_(n)
-        x = x_next
-    return x
+    variant = canonical_variant(variant)
+    common = dict(labels=labels, eta=eta, block_alpha=block_alpha, generator=generator,
+                  callback=callback)
+    if order == 1:
+        return sample_relay_euler(denoiser, x_start, sigmas, schedule, patch_size, variant=variant,
+                                  **common)
+    return RELAY_HEUN[variant](denoiser, x_start, sigmas, schedule, patch_size, **common)
 
 
 # --------------------------------------------------------------------------- guidance

@@ -25,7 +25,7 @@ from .io.files import read_json, write_json
 from .io.tensors import load_tensors, save_tensors
 from .networks import build_network
 from .networks.unet import uninitialized
-from .ops import check_variant
+from .ops import canonical_variant
 from .precond import EDMPrecond
 from .schedules import RelaySchedule
 
@@ -100,8 +100,11 @@ class GuidanceConfig:
 class RelayConfig:
     """The relay forward process of a stage (shared by its training and its sampler).
 
-    ``variant``: ``"paper"`` (the paper's block noise and training bounds) or ``"official"``
-    (the released code's numerics, docs/official-differences.md).
+    ``variant`` (:data:`relaydiff.ops.VARIANTS`, one name for the training and the sampler):
+    ``"trapezoidal"`` (the paper's block noise and training bounds, sampled with the trapezoidal
+    Heun corrector) or ``"official"`` (the released code's numerics,
+    docs/official-differences.md). Files saying ``"paper"`` (the old name of ``"trapezoidal"``)
+    load as ``"trapezoidal"``.
     """
 
     scale: int = 4
@@ -111,16 +114,14 @@ class RelayConfig:
     min_scale: float = 1e-3
     p_mean: float = -1.2
     p_std: float = 1.2
-    variant: str = "paper"
+    variant: str = "trapezoidal"
+
+    def __post_init__(self) -> None:
+        self.variant = canonical_variant(self.variant, warn=False)
 
     def schedule(self, prob_length: float | None = None) -> RelaySchedule:
         return RelaySchedule(prob_length or self.prob_length, self.blur_sigma_max,
                              self.p_mean, self.p_std, self.min_scale)
-
-    @property
-    def sampler_variant(self) -> str:
-        """The :func:`relaydiff.samplers.relay_sample` variant for this process."""
-        return "official" if self.variant == "official" else "trapezoidal"
 
 
 @dataclass
@@ -161,7 +162,6 @@ class StageConfig:
         if self.kind == "relay":
             if self.relay is None:
                 self.relay = RelayConfig()
-            check_variant(self.relay.variant)
         if self.kind == "sr":
             if self.sr is None:
                 self.sr = SRConfig()
@@ -211,15 +211,18 @@ def build_denoiser(config: StageConfig, *, initialize: bool = True) -> EDMPrecon
     return EDMPrecond(net, sigma_data=config.sigma_data, label_dim=config.label_dim)
 
 
-def load_weights(denoiser: EDMPrecond, weights: Path, where: str) -> None:
-    """Load ``weights`` (safetensors of the raw network) into ``denoiser`` strictly; a missing,
-    unreadable or mismatched file raises ``ValueError`` naming it and ``where``."""
-    state = load_tensors(weights)
+def stage_denoiser(config: StageConfig, weights: dict[str, torch.Tensor], source: str | Path,
+                   where: str = "the stage config") -> EDMPrecond:
+    """The denoiser of ``config`` holding ``weights`` (a state dict of the raw network: a stage
+    folder's, a snapshot's EMA, a post-hoc EMA), loaded strictly; eval mode, on the CPU. Weights
+    that do not fit raise ``ValueError`` naming their ``source`` and the config (``where``)."""
+    denoiser = build_denoiser(config, initialize=False)
     try:
-        denoiser.model.load_state_dict(state, strict=True)
+        denoiser.model.load_state_dict(weights, strict=True)
     except RuntimeError as e:
         first_line = str(e).splitlines()[0]
-        raise ValueError(f"{weights}: weights do not match {where} ({first_line})") from None
+        raise ValueError(f"{source}: weights do not match {where} ({first_line})") from None
+    return denoiser.eval()
 
 
 def save_stage(folder: str | Path, config: StageConfig, denoiser: EDMPrecond,
@@ -237,13 +240,13 @@ def save_stage(folder: str | Path, config: StageConfig, denoiser: EDMPrecond,
 
 
 def load_stage(folder: str | Path) -> tuple[StageConfig, EDMPrecond]:
-    """Read a stage folder; returns its config and its denoiser (eval mode, on the CPU)."""
+    """Read a stage folder; returns its config and its denoiser (eval mode, on the CPU). A
+    missing, unreadable or mismatched weights file raises ``ValueError`` naming it."""
     folder = Path(folder)
     where = folder / CONFIG_FILE
     config = StageConfig.from_dict(read_json(where), str(where))
-    denoiser = build_denoiser(config, initialize=False)
-    load_weights(denoiser, folder / WEIGHTS_FILE, f"{folder.name}/{CONFIG_FILE}")
-    return config, denoiser.eval()
+    weights = folder / WEIGHTS_FILE
+    return config, stage_denoiser(config, load_tensors(weights), weights, f"{folder.name}/{CONFIG_FILE}")
 
 
 def check_guide(stage: StageConfig, guide: StageConfig) -> None:

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from ..ops import downsample, patch_dct, randn, upsample
+from ..seeds import ARTIFACT_NOISE_STREAM
 
 NOISE_SIGMA = 0.1
-NOISE_STREAM = 1000  # seeds of the input noise: NOISE_STREAM + k for image k
 
 
 def noise_energy(diff: torch.Tensor) -> tuple[float, float]:
@@ -42,7 +42,7 @@ def artifact_correction(methods: dict[str, Callable[[torch.Tensor], torch.Tensor
     ``methods`` maps a name to an upscaler of ``N×C×R×R`` float64 images in [-1, 1]; nearest
     and bicubic upsampling are always included before them."""
     low = low.to(torch.float64)
-    gens = [torch.Generator().manual_seed(NOISE_STREAM + k) for k in range(low.shape[0])]
+    gens = [torch.Generator().manual_seed(ARTIFACT_NOISE_STREAM + k) for k in range(low.shape[0])]
     noisy = (low + sigma * randn(low.shape, gens, dtype=low.dtype)).clamp(-1, 1)
     total, high = noise_energy(noisy - low)
     rows = [{"method": f"input noise ({low.shape[-1]} px)", "noise energy ×1e4": total,

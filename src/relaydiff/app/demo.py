@@ -42,10 +42,10 @@ from ..io.images import image_grid, load_image, save_png, to_uint8
 from ..io.sample_folder import seed_path
 from ..ops import downsample, upsample
 from ..pretrained import PRETRAINED, read_training_record
+from ..sample_writer import write_samples, write_summary
 from ..training.export import cascade_from_snapshots
 from .demo_log import Clock, progress
 from .demo_training import STAGES, cost_rows, save_loss_curves, train_stages, training_text
-from .generate import write_samples, write_summary
 
 if TYPE_CHECKING:
     from ..metrics.inception import InceptionV3

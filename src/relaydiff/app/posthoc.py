@@ -12,11 +12,12 @@ from pathlib import Path
 
 import torch
 
+from ..analysis.plotting import new_figure, save_figure
 from ..data.datasets import open_dataset
-from ..io.files import atomic_folder, atomic_writer, finite_or_none, write_json
+from ..io.files import atomic_folder, finite_or_none, write_json
 from ..io.images import from_uint8, save_png, to_uint8
 from ..io.sample_folder import seed_path
-from ..stage import StageConfig, build_denoiser, save_stage
+from ..stage import StageConfig, save_stage, stage_denoiser
 from ..training.checkpoint import resolve_snapshot
 from ..training.config import TrainConfig
 from ..training.grids import stage_samples
@@ -29,19 +30,13 @@ def _stage_and_data(run: Path) -> tuple[StageConfig, TrainConfig]:
     return cfg.stage, cfg
 
 
-def _denoiser(stage: StageConfig, weights: dict[str, torch.Tensor]):
-    den = build_denoiser(stage, initialize=False)
-    den.model.load_state_dict(weights, strict=True)
-    return den.eval()
-
-
 def reconstruct_stage(run: str | Path, sigma_rel: float, out: str | Path,
                       at_images: int | None = None) -> dict:
     """Write the stage of ``run`` with post-hoc EMA ``σ_rel`` to the stage folder ``out``."""
     run = Path(run)
     stage, _ = _stage_and_data(run)
     weights, record = reconstruct(run, sigma_rel, at_images)
-    den = _denoiser(stage, weights)
+    den = stage_denoiser(stage, weights, f"{run} (post-hoc EMA)")
     with atomic_folder(out) as tmp:
         save_stage(tmp, stage, den)
         write_json({"source": str(run), "posthoc_ema": record}, tmp / "source.json", durable=False)
@@ -66,7 +61,7 @@ def sweep(run: str | Path, sigma_rels: Sequence[float], n: int, ref: str | Path,
     rows = []
     for sigma_rel in sigma_rels:
         weights, record = reconstruct(run, sigma_rel)
-        images = stage_samples(stage, _denoiser(stage, weights), real, n)
+        images = stage_samples(stage, stage_denoiser(stage, weights, f"{run} (post-hoc EMA)"), real, n)
         with tempfile.TemporaryDirectory() as tmp:
             for k, arr in enumerate(to_uint8(images)):
                 save_png(arr, seed_path(tmp, k))
@@ -81,17 +76,10 @@ def sweep(run: str | Path, sigma_rels: Sequence[float], n: int, ref: str | Path,
 
 
 def _plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.6, 3.6), dpi=120)
+    """FID against ``σ_rel`` of the sweep's rows, as the PNG ``path``."""
+    fig, ax = new_figure(figsize=(5.6, 3.6), dpi=120)
     ax.plot([r["sigma_rel"] for r in rows], [r["fid"] for r in rows], marker="o")
     ax.set_xlabel("post-hoc EMA σ_rel")
     ax.set_ylabel(rows[0]["fid_name"] if rows else "FID")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_writer(path) as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
+    save_figure(fig, path)

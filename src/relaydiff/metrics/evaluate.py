@@ -6,12 +6,18 @@ returns a JSON-ready dict with one top-level key per metric (``fid``, ``sfid``, 
 ``precision``, ``recall``, ``kid``, ``swd``, ``spectrum``) and its provenance: image counts, the
 label sampling (FID of class-balanced labels is reported as ``FID-CB``, never as ``FID``), the
 Inception weights' SHA-256 and the relaydiff version.
+
+Each metric is one :data:`METRIC_TABLE` entry (the statistics it needs, its minimum image count,
+how it is computed and printed); ``relaydiff.metrics.names.METRICS`` lists the same names for the
+command line without importing torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +33,7 @@ from .image_sets import ImageSet
 from .inception import InceptionV3
 from .inception_score import inception_score
 from .kid import kernel_inception_distance
-from .names import INCEPTION_METRICS, MIN_IMAGES, parse_metrics
+from .names import parse_metrics
 from .precision_recall import precision_recall
 from .reference import PR_FEATURES, Reference
 from .spectrum import log_spectral_distance
@@ -36,17 +42,75 @@ from .swd import supports as swd_supports
 from .swd import swd
 from .weights import default_source, load_inception, weights_hash
 
-NEEDS = {"fid": ("mu", "sigma"), "sfid": ("mu_s", "sigma_s"), "pr": ("pr_features",),
-         "kid": ("pr_features",), "swd": ("swd",), "spectrum": ("spectrum",)}
+Compute = Callable[[Collected, Reference, int, "str | torch.device"], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric of :func:`evaluate`.
+
+    ``part``: the part of a pass its statistics come from (``inception``, ``swd`` or
+    ``spectrum``; :func:`relaydiff.metrics.collect.collect`). ``needs``: the reference
+    statistics it compares with (none: it rates the samples alone). ``min_images``: the fewest
+    images of a set it works with. ``compute(samples, reference, seed, device)``: its values by
+    result key; those named in ``details`` go to the result's ``details``. ``printed``: the
+    table's label (``{key}`` fills in a result entry) and scale of each printed result key.
+    """
+
+    part: str
+    needs: tuple[str, ...]
+    min_images: int
+    compute: Compute
+    printed: dict[str, tuple[str, float]]
+    details: tuple[str, ...] = ()
+
+
+def _swd_values(got: Collected, ref: Reference, seed: int, device) -> dict[str, Any]:
+    levels = swd(got.swd, ref.swd, seed=seed)
+    return {"swd": float(np.mean(levels)), "swd_levels": levels}
+
+
+METRIC_TABLE: dict[str, Metric] = {
+    "fid": Metric("inception", ("mu", "sigma"), 2, lambda got, ref, seed, device: {
+        "fid": frechet_distance_features(got.pool, ref.mu, ref.sigma)},
+        printed={"fid": ("{fid_name}", 1)}),
+    "sfid": Metric("inception", ("mu_s", "sigma_s"), 2, lambda got, ref, seed, device: {
+        "sfid": frechet_distance_features(got.spatial, ref.mu_s, ref.sigma_s)},
+        printed={"sfid": ("sFID", 1)}),
+    "is": Metric("inception", (), 10, lambda got, ref, seed, device: dict(zip(
+        ("is", "is_std"), inception_score(got.logits), strict=True)),
+        printed={"is": ("IS", 1)}, details=("is_std",)),
+    "pr": Metric("inception", ("pr_features",), 4, lambda got, ref, seed, device: dict(zip(
+        ("precision", "recall"), precision_recall(ref.pr_features, got.pool, device=device),
+        strict=True)),
+        printed={"precision": ("Precision", 1), "recall": ("Recall", 1)}),
+    "kid": Metric("inception", ("pr_features",), 2, lambda got, ref, seed, device: dict(zip(
+        ("kid", "kid_std"), kernel_inception_distance(ref.pr_features, got.pool, seed=seed),
+        strict=True)),
+        printed={"kid": ("KID ×1e3", 1e3)}, details=("kid_std",)),
+    "swd": Metric("swd", ("swd",), 1, _swd_values,
+                  printed={"swd": ("SWD ×1e3", 1)}, details=("swd_levels",)),
+    "spectrum": Metric("spectrum", ("spectrum",), 1, lambda got, ref, seed, device: {
+        "spectrum": log_spectral_distance(got.spectrum, ref.spectrum)},
+        printed={"spectrum": ("Spectrum (dB)", 1)}),
+}
+"""Every metric, in the order of ``names.METRICS`` (the order of the result and the table)."""
+
 # What one pass computes, in independent parts: a metric's statistics come from one part.
-PARTS = {"inception": ("mu", "sigma", "mu_s", "sigma_s", "pr_features"), "swd": ("swd",),
-         "spectrum": ("spectrum",)}
+PARTS = {part: tuple(dict.fromkeys(stat for m in METRIC_TABLE.values() if m.part == part
+                                   for stat in m.needs))
+         for part in dict.fromkeys(m.part for m in METRIC_TABLE.values())}
 STATISTICS = tuple(stat for stats in PARTS.values() for stat in stats)
 
 
 def parts_of(metrics: Iterable[str]) -> set[str]:
-    """The parts a pass must compute for ``metrics``: ``inception`` for the Inception metrics."""
-    return {"inception" if m in INCEPTION_METRICS else m for m in metrics}
+    """The parts a pass must compute for ``metrics``."""
+    return {METRIC_TABLE[m].part for m in metrics}
+
+
+def _compared(metrics: Iterable[str]) -> set[str]:
+    """The metrics among ``metrics`` that compare with reference statistics (all but ``is``)."""
+    return {m for m in metrics if METRIC_TABLE[m].needs}
 
 
 def fid_name(label_sampling: str) -> str:
@@ -56,9 +120,9 @@ def fid_name(label_sampling: str) -> str:
 
 def _check_count(what: str, n: int, metrics: Iterable[str]) -> None:
     for m in metrics:
-        if n < MIN_IMAGES[m]:
-            raise ValueError(f"{what}: {n} images, but {m} needs at least {MIN_IMAGES[m]}; "
-                             "use more images")
+        least = METRIC_TABLE[m].min_images
+        if n < least:
+            raise ValueError(f"{what}: {n} images, but {m} needs at least {least}; use more images")
 
 
 def _check_swd_size(images: ImageSet) -> None:
@@ -71,8 +135,9 @@ def _check_swd_size(images: ImageSet) -> None:
 
 def _supported_metrics(images: ImageSet, model: InceptionV3 | None) -> set[str]:
     """The reference-side metrics ``images`` (and ``model``, if any) can give statistics for."""
-    metrics = {"spectrum"} | ({"swd"} if swd_supports(*images.resolution) else set())
-    return metrics | (INCEPTION_METRICS - {"is"} if model is not None else set())
+    parts = {"spectrum"} | ({"swd"} if swd_supports(*images.resolution) else set())
+    parts |= {"inception"} if model is not None else set()
+    return {m for m in _compared(METRIC_TABLE) if METRIC_TABLE[m].part in parts}
 
 
 def _pass(images: ImageSet, model: InceptionV3 | None, parts: set[str], batch_size: int,
@@ -146,7 +211,7 @@ def folder_reference(folder: str | Path, model: InceptionV3 | None,
     Asking for a metric the images cannot support (``swd`` of non-power-of-two images) is a
     ``ValueError``; the others take any size."""
     images = ImageSet(folder)
-    metrics = _supported_metrics(images, model) if metrics is None else set(metrics) - {"is"}
+    metrics = _supported_metrics(images, model) if metrics is None else _compared(metrics)
     _check_count(str(folder), len(images), metrics)
     weights_sha = weights_hash(model) if model is not None else None
     reference = Reference(kind="dataset", path=images.path, has_images=True,
@@ -178,7 +243,7 @@ def folder_reference(folder: str | Path, model: InceptionV3 | None,
 
 def _needs_from_reference(ref: Reference, metrics: set[str]) -> set[str]:
     """The requested metrics whose reference side is missing from the file."""
-    return {m for m in metrics - {"is"} if any(getattr(ref, s) is None for s in NEEDS[m])}
+    return {m for m in metrics if any(getattr(ref, s) is None for s in METRIC_TABLE[m].needs)}
 
 
 def evaluate(samples: str | Path, ref: str | Path, metrics: Sequence[str], *,
@@ -196,7 +261,7 @@ def evaluate(samples: str | Path, ref: str | Path, metrics: Sequence[str], *,
     sampling = label_sampling or read_label_sampling(samples)
     model = weights_sha = None
     ref_path = Path(ref)
-    if wanted & INCEPTION_METRICS:
+    if "inception" in parts_of(wanted):
         model = inception if inception is not None else load_inception(weights, device=device)
         weights_sha = weights_hash(model)
     if ref_path.is_dir():
@@ -233,7 +298,7 @@ def evaluate(samples: str | Path, ref: str | Path, metrics: Sequence[str], *,
         reference.n_images = reference.n_images or extra.n_images
         reference.fingerprint = reference.fingerprint or extra.fingerprint
         reference.resolution = reference.resolution or extra.resolution
-    pixel_metrics = sorted(wanted & {"swd", "spectrum"})
+    pixel_metrics = sorted(m for m in wanted if METRIC_TABLE[m].part != "inception")
     if pixel_metrics and reference.resolution not in (None, sample_set.resolution):
         raise ValueError(f"{'/'.join(pixel_metrics)} compare images of one size: the samples are "
                          f"{sample_set.resolution[0]}×{sample_set.resolution[1]}, the reference "
@@ -243,23 +308,10 @@ def evaluate(samples: str | Path, ref: str | Path, metrics: Sequence[str], *,
 
     result: dict = {}
     details: dict = {}
-    if "fid" in wanted:
-        result["fid"] = frechet_distance_features(got.pool, reference.mu, reference.sigma)
-    if "sfid" in wanted:
-        result["sfid"] = frechet_distance_features(got.spatial, reference.mu_s, reference.sigma_s)
-    if "is" in wanted:
-        result["is"], details["is_std"] = inception_score(got.logits)
-    if "pr" in wanted:
-        result["precision"], result["recall"] = precision_recall(
-            reference.pr_features, got.pool, device=device)
-    if "kid" in wanted:
-        result["kid"], details["kid_std"] = kernel_inception_distance(
-            reference.pr_features, got.pool, seed=seed)
-    if "swd" in wanted:
-        levels = swd(got.swd, reference.swd, seed=seed)
-        result["swd"], details["swd_levels"] = float(np.mean(levels)), levels
-    if "spectrum" in wanted:
-        result["spectrum"] = log_spectral_distance(got.spectrum, reference.spectrum)
+    for name, metric in METRIC_TABLE.items():
+        if name in wanted:
+            for key, value in metric.compute(got, reference, seed, device).items():
+                (details if key in metric.details else result)[key] = value
     result.update({
         "fid_name": fid_name(sampling),
         "label_sampling": sampling,
@@ -279,9 +331,9 @@ def evaluate(samples: str | Path, ref: str | Path, metrics: Sequence[str], *,
 def _fields_used(reference: Reference, wanted: set[str], computed: set[str]) -> dict[str, list]:
     """For each metric, the reference file's fields it used, or where its statistics came from."""
     out = {}
-    for metric in sorted(wanted - {"is"}):
+    for metric in sorted(_compared(wanted)):
         names = []
-        for stat in NEEDS[metric]:
+        for stat in METRIC_TABLE[metric].needs:
             if stat in computed:
                 names.append(f"{stat}: computed from the reference images")
             elif reference.kind == "dataset":
@@ -294,15 +346,14 @@ def _fields_used(reference: Reference, wanted: set[str], computed: set[str]) -> 
 
 def format_table(result: dict) -> str:
     """The human-readable summary of :func:`evaluate`'s result: KID shown ×10³ (the JSON holds
-    the raw value), SWD as computed (already ×10³), each with the unit in its label."""
-    rows = {"fid": (result["fid_name"], 1), "sfid": ("sFID", 1), "is": ("IS", 1),
-            "precision": ("Precision", 1), "recall": ("Recall", 1), "kid": ("KID ×1e3", 1e3),
-            "swd": ("SWD ×1e3", 1), "spectrum": ("Spectrum (dB)", 1)}
+    the raw value), SWD as computed (already ×10³), each with the unit in its label
+    (:data:`METRIC_TABLE`'s ``printed``)."""
     lines = [f"{result['n_images']} samples, label sampling: {result['label_sampling']}, "
              f"reference: {result['reference']['path']} ({result['reference']['kind']})"]
-    for key, (label, scale) in rows.items():
-        if key in result:
-            lines.append(f"  {label:<14} {scale * result[key]:.4f}")
+    for metric in METRIC_TABLE.values():
+        for key, (label, scale) in metric.printed.items():
+            if key in result:
+                lines.append(f"  {label.format_map(result):<14} {scale * result[key]:.4f}")
     return "\n".join(lines)
 
 

@@ -3,7 +3,7 @@
 
 A folder written by ``relaydiff sample`` holds only the seeds listed in its ``labels.json``
 (grids and ``--all-stages`` folders are not samples). Modes: every image becomes RGB (alpha
-composited over white, greyscale replicated; see :func:`relaydiff.data.images.load_image`).
+composited over white, greyscale replicated; see :func:`relaydiff.io.images.load_image`).
 Sizes: all images of a set must share the first image's size; a different size is refused with
 the file's name, never silently resized (the Inception resizes every set to 299×299 itself,
 like the reference implementations).

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 METRICS = ("fid", "sfid", "is", "pr", "kid", "swd", "spectrum")
-INCEPTION_METRICS = frozenset({"fid", "sfid", "is", "pr", "kid"})
-MIN_IMAGES = {"fid": 2, "sfid": 2, "is": 10, "pr": 4, "kid": 2, "swd": 1, "spectrum": 1}
+"""The names of ``relaydiff.metrics.evaluate.METRIC_TABLE``, where everything else about a metric is."""
 
 
 def parse_metrics(text: str | Sequence[str]) -> list[str]:

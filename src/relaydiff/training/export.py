@@ -8,7 +8,7 @@ from pathlib import Path
 from torch import nn
 
 from ..cascade import RelayCascade
-from ..stage import StageConfig, build_denoiser, is_stage_folder, load_stage
+from ..stage import StageConfig, is_stage_folder, load_stage, stage_denoiser
 from .checkpoint import resolve_snapshot
 
 
@@ -22,13 +22,12 @@ def load_stage_source(spec: str | Path) -> tuple[StageConfig, nn.Module, dict]:
     snapshot = resolve_snapshot(spec)
     where = snapshot.path / "state.json"
     cfg = StageConfig.from_dict(snapshot.state["config"]["stage"], f"{where}: stage")
-    den = build_denoiser(cfg, initialize=False)
-    den.model.load_state_dict(snapshot.ema, strict=True)
+    den = stage_denoiser(cfg, snapshot.ema, snapshot.path / "ema.safetensors", "state.json")
     cost = snapshot.state.get("cost", {})
     record = {"source": str(snapshot.path), "images_seen": snapshot.state.get("images_seen"),
               "device_hours": cost.get("device_hours"), "flops_per_image": cost.get("flops_per_image"),
               "device": snapshot.state.get("device", "unknown")}
-    return cfg, den.eval(), record
+    return cfg, den, record
 
 
 def cascade_from_snapshots(specs: Sequence[str | Path]) -> RelayCascade:

@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import signal
-import threading
 import time
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +30,6 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..config import ConfigError
 from ..data import open_dataset
 from ..io.distributed import World, close_world, init_world
 from ..io.images import from_uint8, save_png
@@ -48,29 +44,17 @@ from .checkpoint import (
     save_snapshot,
     set_rng_state,
 )
-from .config import TrainConfig, config_differences
+from .config import TrainConfig
 from .cost import TrainingCost, flops_per_image
 from .data import GlobalSampleDataset, StepBatches
 from .ema import EMA
+from .events import Clock, LossWindow, Schedule, agreed_stop, stop_requests
 from .grids import sample_grid, stage_samples
 from .logging import RunLog, SigmaBands
 from .posthoc_ema import PowerEMA
+from .setup import check_resume, resolve_stage, wrong_resolution
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Config keys that may change when a run is resumed (everything else must match the snapshot).
-RESUMABLE_CHANGES = (
-    "total_images",
-    "stage.edm_sampler.",  # sampling settings do not touch training
-    "stage.relay_sampler.",
-    "stage.guidance.",
-    "checkpoint.",
-    "log.",
-    "data.workers",
-    "data.skip_bad",
-    "device",
-    "max_bad_steps",
-    "compile",
-)
 SAMPLE_STREAM = 1  # seed-sequence stream of the per-sample generators
 STEP_STREAM = 2  # seed-sequence stream of the per-step global RNG seeds
 DEVICE_STREAM = 3  # seed-sequence stream of the per-device generators (noise_rng="per_device")
@@ -95,41 +79,6 @@ def make_loss(config: TrainConfig) -> EDMLoss | RelayLoss | SRLoss:
                      stage.sigma_data, r.variant)
 
 
-def resolve_stage(config: TrainConfig, num_classes: int, data_name: str) -> TrainConfig:
-    """Fill in the stage's label dimension from the data set (class-conditional runs)."""
-    stage = config.stage
-    cond = config.cond or stage.label_dim > 0
-    if not cond:
-        return config
-    if num_classes == 0:
-        raise ConfigError(
-            "cond",
-            f"{data_name}: class-conditional training (cond) needs labels, but this data set "
-            "has none",
-            "add a dataset.json with labels or one sub-folder per class, or set cond=false",
-        )
-    if stage.label_dim not in (0, num_classes):
-        raise ValueError(
-            f"stage.label_dim is {stage.label_dim} but {data_name} has {num_classes} "
-            "classes; set stage.label_dim to that or leave it 0"
-        )
-    network = {**stage.network, "label_dim": num_classes}
-    return replace(config, cond=True, stage=replace(stage, label_dim=num_classes, network=network))
-
-
-def _check_resume(config: TrainConfig, snapshot: Snapshot) -> None:
-    where = str(snapshot.path / "state.json")
-    # Through the schema, so that keys added since (with their defaults) compare equal.
-    old = TrainConfig.from_dict(snapshot.state["config"], where).to_dict()
-    changed = [k for k in config_differences(old, config.to_dict()) if not k.startswith(RESUMABLE_CHANGES)]
-    if changed:
-        raise ValueError(
-            f"{snapshot.path / 'state.json'}: the checkpoint was trained with other "
-            f"settings ({', '.join(changed)}); resume with the same config or start "
-            "a new run folder"
-        )
-
-
 @dataclass
 class TrainResult:
     """What a finished (or time-limited) run leaves behind."""
@@ -140,42 +89,6 @@ class TrainResult:
     cost: TrainingCost
     finished: bool
     stopped_by: str | None = None  # "time" (max_minutes) or a signal name ("SIGTERM"), if stopped early
-
-
-@contextlib.contextmanager
-def stop_requests() -> Iterator[dict]:
-    """While active, SIGINT and SIGTERM do not kill the process but set ``flags["signal"]``
-    (the training loop then writes a checkpoint and returns); a second signal raises
-    ``KeyboardInterrupt`` at once. Only the main thread can install handlers; elsewhere the
-    flags never change."""
-    flags: dict = {"signal": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield flags
-        return
-
-    def handler(signum, frame) -> None:
-        if flags["signal"] is not None:
-            raise KeyboardInterrupt
-        flags["signal"] = signal.Signals(signum).name
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flags
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def wrong_resolution(path: str, example: tuple[str, tuple[int, int]], stage) -> str:
-    """Why a data set whose images are not at the stage's resolution is refused, and the
-    command that makes a copy at the right resolutions."""
-    name, (w, h) = example
-    res = stage.resolution
-    also = f" --also {stage.input_resolution}" if stage.scale else ""
-    what = {"edm": "EDM", "relay": "relay", "sr": "super-resolution"}[stage.kind]
-    return (f"{path}: {name} is {w}×{h}, but this {what} stage trains at {res}×{res}; make a copy "
-            f"at that resolution with `relaydiff data build {path} --out DIR --resolution {res}"
-            f"{also}` (then data.path=DIR), or set data.resize=true to resize while reading")
 
 
 class Trainer:
@@ -214,7 +127,7 @@ class Trainer:
             )
         snapshot = resolve_snapshot(resume, run_dir=self.out) if resume else None
         if snapshot is not None:
-            _check_resume(self.config, snapshot)
+            check_resume(self.config, snapshot)
         self._build(snapshot)
 
     # ------------------------------------------------------------------ set-up
@@ -392,6 +305,7 @@ class Trainer:
         self.world.barrier()
         return root / f"ckpt-{self.step:08d}"
 
+    # ------------------------------------------------------------------ the periodic events
     def _real(self, n: int) -> torch.Tensor | None:
         """The first ``n`` training images in [-1, 1] (what a relay stage's samples relay)."""
         if self.config.stage.kind == "edm":
@@ -424,123 +338,99 @@ class Trainer:
         save_png(grid, self.out / "samples" / f"grid-{self.step * cfg.batch:012d}.png")
         log.image("samples/ema", self.step, grid)
 
-    # ------------------------------------------------------------------ the loop
-    def _report(
-        self,
-        log: RunLog | None,
-        bar: tqdm,
-        running: torch.Tensor,
-        bands: SigmaBands,
-        seconds: float,
-        images: int,
-        minutes_left: float | None,
-    ) -> None:
-        """Log the mean loss (overall and per σ band) since the last report, lr, grad norm, speed."""
-        stats = self.world.sum(torch.cat([running[:2], bands.stats]))
+    def _report(self, log: RunLog | None, bar: tqdm, window: LossWindow, clock: Clock) -> None:
+        """Log the mean loss (overall and per σ band) since the last report, lr, grad norm and
+        speed; then start the next window."""
+        now = time.perf_counter()
+        stats = self.world.sum(torch.cat([window.totals[:2], window.bands.stats]))
+        images = int(window.totals[1].item()) * self.world.size
         values = {
             "images_seen": self.step * self.config.batch,
             "loss": (stats[0] / stats[1]).item(),
             "lr": self.optimizer.param_groups[0]["lr"],
             "grad_norm": self.grad_norm(),
-            "images_per_s": images / max(seconds, 1e-9),
+            "images_per_s": images / max(now - window.start, 1e-9),
             "bad_steps": self.bad_steps,
-            **bands.means(stats[2:]),
+            **window.bands.means(stats[2:]),
         }
         if log is not None:
             log.record("train", self.step, values)
-            left = {} if minutes_left is None else {"left": f"{max(minutes_left, 0):.1f}min"}
+            left = clock.minutes_left(now)
             bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_s']:.1f}",
-                            **left)
+                            **({} if left is None else {"left": f"{max(left, 0):.1f}min"}))
+        window.restart(now)
 
-    def _snapshot(self, since: float) -> tuple[Path, float]:
-        """Add the wall-clock time since ``since`` to the cost, write a snapshot; (path, now)."""
-        now = time.perf_counter()
+    def _posthoc_snapshot(self) -> None:
+        """Store the post-hoc EMA averages of this step in ``RUN/posthoc/``."""
+        folder = self.out / "posthoc"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.phema.save_snapshots(folder, self.step * self.config.batch, self.step,
+                                  getattr(torch, self.config.ema.posthoc_dtype))
+
+    def _checkpoint(self, clock: Clock) -> Path:
+        """Add the wall-clock time since the previous checkpoint to the cost; write a snapshot."""
         self.cost.images_seen = self.step * self.config.batch
-        self.cost.add_time(now - since, self.world.size)
-        return self.save(self.cost), now
+        self.cost.add_time(clock.lap(), self.world.size)
+        return self.save(self.cost)
+
+    # ------------------------------------------------------------------ the loop
+    def _open_log(self) -> RunLog | None:
+        """The run's log, its ``start`` record written (main process; ``None`` elsewhere)."""
+        if not self.world.is_main:
+            return None
+        self.out.mkdir(parents=True, exist_ok=True)
+        log = RunLog(self.out, self.config.log.tensorboard)
+        log.record("start", self.step, {
+            "config": self.config.to_dict(),
+            "devices": self.world.size,
+            "batch_per_device": self.per_device,
+            "accumulation": self.accum,
+            "skipped_images": len(self.dataset.skipped),
+            "flops_per_image": self.cost.flops_per_image,
+        })
+        return log
+
+    def _progress_bar(self, show: bool) -> tqdm:
+        """Images seen of the total; speed, loss and minutes left in the postfix."""
+        cfg = self.config
+        return tqdm(total=cfg.total_steps * cfg.batch, initial=self.step * cfg.batch, unit="img",
+                    desc=f"train {cfg.stage.kind} {cfg.stage.resolution}px", disable=not show,
+                    dynamic_ncols=True)
 
     def run(self, max_minutes: float | None = None, progress: bool = True) -> TrainResult:
-        """Train until ``total_images`` (or ``max_minutes``), then write a final snapshot."""
-        cfg, world = self.config, self.world
-        log = None
-        if world.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            log = RunLog(self.out, cfg.log.tensorboard)
-            log.record(
-                "start",
-                self.step,
-                {
-                    "config": cfg.to_dict(),
-                    "devices": world.size,
-                    "batch_per_device": self.per_device,
-                    "accumulation": self.accum,
-                    "skipped_images": len(self.dataset.skipped),
-                    "flops_per_image": self.cost.flops_per_image,
-                },
-            )
-        start = last_mark = window_start = time.perf_counter()
-        stage = cfg.stage
-        bar = tqdm(  # images seen of the total; speed, loss and minutes left in the postfix
-            total=cfg.total_steps * cfg.batch,
-            initial=self.step * cfg.batch,
-            unit="img",
-            desc=f"train {stage.kind} {stage.resolution}px",
-            disable=log is None or not progress,
-            dynamic_ncols=True,
-        )
-        running, bands = torch.zeros(3, dtype=torch.float64), SigmaBands()
-        last_saved, snapshot = self.step, self.resumed_from
-        loader_iter = iter(self._loader())
-        stopped_by = None
+        """Train until ``total_images`` (or ``max_minutes``, or a stop signal), then write a final
+        snapshot. After each step the periodic events (:class:`~.events.Schedule`) follow in a
+        fixed order: loss report, stop agreement, post-hoc EMA snapshot, checkpoint, grid, FID."""
+        cfg = self.config
+        log = self._open_log()
+        clock = Clock(max_minutes)
+        bar = self._progress_bar(show=log is not None and progress)
+        window = LossWindow(clock.start)
+        every = Schedule.of(cfg, main=log is not None, posthoc=self.phema is not None)
+        batches = iter(self._loader())
+        snapshot, saved_step, stopped_by = self.resumed_from, self.step, None
         try:
             with stop_requests() as requests:
                 while self.step < cfg.total_steps:
-                    micro = [next(loader_iter) for _ in range(self.accum)]
                     before = self.step * cfg.batch
-                    totals, step_bands = self.train_step(micro)
-                    images = self.step * cfg.batch
-                    running += totals
-                    bands.stats += step_bands.stats
+                    window.add(*self.train_step([next(batches) for _ in range(self.accum)]))
                     bar.update(cfg.batch)
-                    if self.step % cfg.log.every_steps == 0 or self.step == cfg.total_steps:
-                        now = time.perf_counter()
-                        left = None if max_minutes is None else max_minutes - (now - start) / 60
-                        self._report(log, bar, running, bands, now - window_start,
-                                     int(running[1].item()) * world.size, left)
-                        running.zero_()
-                        bands.reset()
-                        window_start = now
-                    # Stop requests are agreed on by all processes: all stop after the same step.
-                    flags = torch.zeros(2)
-                    if max_minutes is not None and world.is_main:
-                        flags[0] = float(time.perf_counter() - start > 60 * max_minutes)
-                    flags[1] = float(requests["signal"] is not None)
-                    flags = world.sum(flags)
-                    if flags[1] > 0:
-                        stopped_by = requests["signal"] or "signal"
-                    elif flags[0] > 0:
-                        stopped_by = "time"
-                    # The post-hoc snapshot first: a checkpoint at this step implies it exists.
-                    every = cfg.ema.posthoc_every_images
-                    if self.phema is not None and world.is_main and images // every > before // every:
-                        folder = self.out / "posthoc"
-                        folder.mkdir(parents=True, exist_ok=True)
-                        self.phema.save_snapshots(folder, images, self.step,
-                                                  getattr(torch, cfg.ema.posthoc_dtype))
-                    every = cfg.checkpoint.every_images
-                    if images // every > before // every or stopped_by:
-                        snapshot, last_mark = self._snapshot(last_mark)
-                        last_saved = self.step
+                    images = self.step * cfg.batch
+                    if every.log.crossed(before, images) or self.step == cfg.total_steps:
+                        self._report(log, bar, window, clock)
+                    stopped_by = agreed_stop(self.world, requests, clock)  # all stop after one step
+                    if every.posthoc.crossed(before, images):  # first: a checkpoint implies it exists
+                        self._posthoc_snapshot()
+                    if every.checkpoint.crossed(before, images) or stopped_by:
+                        snapshot, saved_step = self._checkpoint(clock), self.step
                     if stopped_by:
                         break
-                    every = cfg.log.grid_every_images
-                    if log is not None and every and images // every > before // every:
+                    if every.grid.crossed(before, images):
                         self._grid(log)
-                    every = cfg.log.fid_every_images
-                    if log is not None and every and images // every > before // every:
+                    if every.fid.crossed(before, images):
                         self._fid(log)
-                if last_saved != self.step or snapshot is None:
-                    snapshot, last_mark = self._snapshot(last_mark)
+                if saved_step != self.step or snapshot is None:
+                    snapshot = self._checkpoint(clock)
             finished = self.step >= cfg.total_steps
             if log is not None:
                 log.record("end", self.step, {"finished": finished, "stopped_by": stopped_by,

@@ -8,15 +8,21 @@ from typing import Any
 
 import click
 
+from ...seeds import INPUT_NOISE_STREAM, MAX_SEEDS, check_seeds
 from . import claim_out, overwrite_option, with_options
 
-INPUT_NOISE_STREAM = 1 << 41  # offset of the seeds that draw --input-noise
-MAX_SEEDS = 10_000_000  # seeds per run (one PNG each); split larger jobs into several runs
-MAX_SEED = (1 << 40) - 1  # larger seeds would overlap the label and input-noise streams
+
+def _check_seeds(seeds: list[int], flag: str) -> None:
+    """:func:`relaydiff.seeds.check_seeds` as a usage error of ``flag`` (the library's message)."""
+    try:
+        check_seeds(seeds)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=flag) from None
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``"0-3,10"`` → ``[0, 1, 2, 3, 10]``; at most :data:`MAX_SEEDS` seeds below 2⁴⁰."""
+    """``"0-3,10"`` → ``[0, 1, 2, 3, 10]``; at most ``MAX_SEEDS`` seeds, each in
+    ``0..MAX_SEED`` (:mod:`relaydiff.seeds`)."""
     seeds: list[int] = []
     for part in text.split(","):
         part = part.strip()
@@ -29,8 +35,7 @@ def parse_seeds(text: str) -> list[int]:
             lo = hi = int(part)
         else:
             raise click.BadParameter(f"{part!r} is not a seed; use e.g. 0-63 or 1,5,9")
-        if hi > MAX_SEED:
-            raise click.BadParameter(f"seed {hi} is too large; seeds go up to {MAX_SEED:,}")
+        _check_seeds([lo, hi], "--seeds")
         if len(seeds) + hi - lo + 1 > MAX_SEEDS:
             raise click.BadParameter(f"{text!r} asks for {len(seeds) + hi - lo + 1:,} seeds; one run "
                                      f"writes at most {MAX_SEEDS:,} (split the range over several runs)")
@@ -159,7 +164,7 @@ def sample(cascade, toy, out, batch, device, fast, overwrite, seeds, class_idx, 
     replace = claim_out(out, overwrite, settings)
     from ...io.distributed import init_world
     from ...io.out_folder import filling_folder
-    from ..generate import write_samples, write_summary
+    from ...sample_writer import write_samples, write_summary
 
     world = init_world(device)
     if replace and world.size > 1:
@@ -219,7 +224,7 @@ def _upscale_settings(source: str | Path | None, files: list[Path], input_dir: P
 @_with_common
 @click.option("--input", "input_dir", required=True, type=click.Path(path_type=Path),
               help="Folder of low-resolution images (all the same size).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED),
+@click.option("--seed", default=0, show_default=True, type=int,
               help="Seed of the first image (then +1 each).")
 @click.option("--input-noise", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Add Gaussian noise of this scale (in [-1, 1] units) to the inputs first.")
@@ -228,6 +233,7 @@ def upscale(cascade, toy, out, batch, device, fast, overwrite, input_dir, seed, 
     settings writes only the missing outputs)."""
     from ...io.images import list_images
 
+    _check_seeds([seed], "--seed")
     try:
         files = list_images(input_dir)
     except ValueError as e:
@@ -235,21 +241,18 @@ def upscale(cascade, toy, out, batch, device, fast, overwrite, input_dir, seed, 
     if not files:
         raise click.BadParameter(f"{input_dir} holds no PNG/JPEG/WebP images", param_hint="--input")
     targets = _output_paths(files, input_dir, out)
-    if seed + len(files) - 1 > MAX_SEED:
-        raise click.BadParameter(f"seeds up to {seed + len(files) - 1:,} exceed {MAX_SEED:,}",
-                                 param_hint="--seed")
+    _check_seeds([seed + len(files) - 1], "--seed")  # the last image's seed
     source = _cascade_source(cascade, toy)
     settings = _upscale_settings(source, files, input_dir, seed, input_noise)
     replace = claim_out(out, overwrite, settings)
     import numpy as np
     import torch
-    from tqdm import tqdm
 
     from ...io.distributed import check_device
-    from ...io.images import from_uint8, load_image, save_png, to_uint8
+    from ...io.images import from_uint8, load_image
     from ...io.out_folder import filling_folder
     from ...ops import randn
-    from ..generate import complete_png
+    from ...sample_writer import write_upscaled
 
     arrays = [load_image(f) for f in files]
     sizes = {a.shape[:2] for a in arrays}
@@ -257,20 +260,14 @@ def upscale(cascade, toy, out, batch, device, fast, overwrite, input_dir, seed, 
         raise click.BadParameter(f"{input_dir}: images have different sizes {sorted(sizes)}; "
                                  "resize them to one size first", param_hint="--input")
     model = _load_cascade(source, check_device(device))
-    model.stage_after(from_uint8(arrays[0][None]))
+    low = from_uint8(np.stack(arrays))
+    model.stage_after(low[:1])
+    seeds = [seed + k for k in range(len(files))]
+    if input_noise > 0:  # each image's noise depends on its seed only
+        gens = [torch.Generator().manual_seed(s + INPUT_NOISE_STREAM) for s in seeds]
+        low = low + input_noise * randn(low.shape, gens)
     with filling_folder(out, replace=replace, settings=settings) as folder:
-        paths = [folder / t.relative_to(out) for t in targets]
-        todo = [k for k, path in enumerate(paths) if not complete_png(path)]
-        if todo:
-            low = from_uint8(np.stack([arrays[k] for k in todo]))
-            seeds = [seed + k for k in todo]
-            if input_noise > 0:
-                gens = [torch.Generator().manual_seed(s + INPUT_NOISE_STREAM) for s in seeds]
-                low = low + input_noise * randn(low.shape, gens)
-            with tqdm(total=len(todo), desc="upscaling", unit="img") as bar:
-                images = model(seeds, low_res=low, batch_size=batch, progress=bar.update,
-                               batch_invariant=not fast)[-1]
-            for k, arr in zip(todo, to_uint8(images), strict=True):
-                save_png(arr, paths[k])
-    click.echo(f"{len(todo)} image(s) upscaled to {model.resolutions[-1]}px in {out} "
-               f"({len(files) - len(todo)} already there)")
+        new = write_upscaled(model, low, seeds, [folder / t.relative_to(out) for t in targets],
+                             batch=batch, batch_invariant=not fast)
+    click.echo(f"{new} image(s) upscaled to {model.resolutions[-1]}px in {out} "
+               f"({len(files) - new} already there)")

@@ -1,286 +1,51 @@
-"""``relaydiff study CONFIG``: relay diffusion against its alternatives at equal training compute.
-
-A study trains one stage-1 model, then every variant of the higher stage (relay ablations, the
-conditional super-resolution baseline, an end-to-end EDM model at the target resolution) under
-the **same budget** (training FLOPs measured by the cost accounting, or wall-clock minutes),
-evaluates each the same way and writes ``results.json`` and figures (docs/study.md).
-
-Layout of ``OUT``::
-
-    OUT/data/{train,heldout}/        the held-out split of the data set (relaydiff.data.split)
-    OUT/stage1/                      the shared stage-1 training run (none with stage1.cascade)
-    OUT/eval/stage1_samples/         its samples, relayed by every variant (cascade FID)
-    OUT/eval/stage1.json             its record in results.json (run, cost, config, samples)
-    OUT/eval/floors.json             split-half FID and the up(down(x)) floor
-    OUT/runs/<variant>-s<seed>/      one training run per variant and seed
-    OUT/runs/<variant>-s<seed>/result.json   its evaluation (written last: the variant is done)
-    OUT/results.json, OUT/table.md, OUT/figures/   the aggregate (table.md: its summary as Markdown)
-
-Every step is resumable: a killed study continues where it stopped, a finished variant (its
-``result.json``) is never trained or evaluated again. ``--variants`` runs a subset, so that
-several processes can share one study; a lock file keeps two from training the same run.
-``stage1=False`` (``--no-stage1``) evaluates the higher stages without a stage 1: SR-FID, the
-curves and artifact correction, no cascade FID (an end-to-end variant samples on its own).
-"""
+"""The study's runner: trains and evaluates every variant of a study config, resumably."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import math
-import os
-import shutil
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..analysis.artifacts import artifact_correction
-from ..cascade import RelayCascade
-from ..config import from_dict, to_dict
-from ..data.datasets import INFO_FILE, open_dataset
-from ..data.floors import data_images, write_images, write_round_trip
-from ..data.sources import default_dataset
-from ..data.split import split_dataset
-from ..io.distributed import World, init_world
-from ..io.files import atomic_writer, finite_or_none, read_json, write_json
-from ..io.images import image_grid, save_png, to_uint8
-from ..metrics.evaluate import evaluate, folder_reference
-from ..metrics.weights import load_inception
-from ..schedules import karras_sigmas
-from ..stage import StageConfig, build_denoiser
-from ..training.checkpoint import list_snapshots, newest_state
-from ..training.config import TrainConfig, apply_overrides, load_train_config
-from ..training.cost import flops_per_image
-from ..training.export import cascade_from_snapshots, load_stage_source
-from ..training.loop import Trainer, make_loss
-from ..version import __version__
-from .generate import write_samples, write_summary
-
-METRICS = ["fid", "sfid", "pr", "kid", "swd", "spectrum"]
-HELDOUT_SEED0 = 1 << 20  # sampler seeds of the held-out upscaling (image k: HELDOUT_SEED0 + k)
-TRAIN_SEED0 = 1 << 21  # … of the training-image upscaling
-ARTIFACT_IMAGES = 16
-GRID_IMAGES = 8
-
-
-# ---------------------------------------------------------------------------- the config
-@dataclass
-class StudyData:
-    """``path``: a built data set (``relaydiff data build``) with the stage-1 and target
-    resolutions; empty: fluent-emoji-3d. ``heldout`` images (a seeded choice) are never
-    trained on by the higher stages."""
-
-    path: str = ""
-    heldout: int = 256
-    split_seed: int = 0
+from ...cascade import RelayCascade
+from ...config import to_dict
+from ...data.datasets import INFO_FILE, open_dataset
+from ...data.floors import data_images, write_images, write_round_trip
+from ...data.sources import default_dataset
+from ...data.split import split_dataset
+from ...io.distributed import World, init_world
+from ...io.files import finite_or_none, read_json, write_json
+from ...metrics.evaluate import evaluate, folder_reference
+from ...metrics.weights import load_inception
+from ...sample_writer import write_samples, write_summary, write_upscaled
+from ...stage import StageConfig, build_denoiser
+from ...training.checkpoint import list_snapshots, newest_state
+from ...training.config import TrainConfig, apply_overrides, load_train_config
+from ...training.cost import flops_per_image
+from ...training.export import cascade_from_snapshots, load_stage_source
+from ...training.loop import Trainer, make_loss
+from ...version import __version__
+from .config import HELDOUT_SEED0, METRICS, TRAIN_SEED0, StudyVariant, load_study
+from .report import summarize, write_report
+from .runs import (
+    StudyLog,
+    artifact_rows,
+    first_stage,
+    link_samples,
+    lock,
+    metrics_row,
+    set_steps,
+    stage_nfe,
+    timed,
+)
 
 
-@dataclass
-class StudyStage1:
-    """The shared stage 1: a training config (path relative to the study config), overrides,
-    its data (``"all"`` the whole data set or ``"train"`` the training split), and a cap on its
-    wall-clock training minutes (``None``: train for the config's ``total_images``). Or
-    ``cascade``: a cascade folder or packaged cascade name whose first stage (with its guide,
-    guidance and sampler settings) is the stage 1; nothing is trained and the training fields
-    are unused."""
-
-    config: str = ""
-    set: list[str] = field(default_factory=list)
-    data: str = "train"
-    max_minutes: float | None = None
-    cascade: str = ""
-
-
-@dataclass
-class StudyBudget:
-    """Every higher stage gets the same budget: ``flops`` (training FLOPs = images seen ×
-    measured FLOPs per image) or ``minutes`` (wall-clock on this machine)."""
-
-    kind: str = "flops"
-    value: float = 0.0
-
-
-@dataclass
-class StudyVariant:
-    """One row: a higher-stage training config (relay, sr, or an edm stage at the target
-    resolution, i.e. end to end), overrides, training seeds; ``main`` marks the main comparison;
-    ``sample_levels`` (sr) the conditioning noise levels to evaluate."""
-
-    name: str
-    config: str
-    set: list[str] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=lambda: [0])
-    main: bool = False
-    sample_levels: list[float] = field(default_factory=list)
-
-
-@dataclass
-class StudyEval:
-    """Sample counts (equal for every set of a variant) and the sweeps of the figures."""
-
-    samples: int = 256
-    curve_samples: int = 64
-    curve_points: int = 3
-    relay_steps: list[int] = field(default_factory=lambda: [10, 20, 40])
-    edm_steps: list[int] = field(default_factory=lambda: [4, 8, 16])
-
-
-@dataclass
-class StudyConfig:
-    variants: list[StudyVariant]
-    stage1: StudyStage1 = field(default_factory=StudyStage1)
-    budget: StudyBudget = field(default_factory=StudyBudget)
-    data: StudyData = field(default_factory=StudyData)
-    eval: StudyEval = field(default_factory=StudyEval)
-    description: str = ""
-
-    def __post_init__(self) -> None:
-        if self.budget.kind not in ("flops", "minutes"):
-            raise ValueError(f"budget.kind {self.budget.kind!r} is unknown; use flops or minutes")
-        if not (math.isfinite(self.budget.value) and self.budget.value > 0):
-            raise ValueError(f"budget.value {self.budget.value!r} must be a positive number "
-                             f"(of {self.budget.kind})")
-        if self.stage1.data not in ("all", "train"):
-            raise ValueError(f"stage1.data {self.stage1.data!r}: use all or train")
-        names = [v.name for v in self.variants]
-        if not names or len(set(names)) != len(names):
-            raise ValueError(f"variants: give at least one, each with its own name (got {names})")
-        for v in self.variants:
-            if not v.seeds:
-                raise ValueError(f"variant {v.name!r}: seeds is empty")
-        e = self.eval
-        if min(e.samples, e.curve_samples) < 2 or e.curve_points < 1:
-            raise ValueError("eval.samples and eval.curve_samples must be ≥ 2, curve_points ≥ 1")
-
-
-def load_study(path: str | Path, overrides: Sequence[str] = ()) -> tuple[StudyConfig, Path]:
-    """The study config with ``--set KEY=VALUE`` ``overrides`` applied (e.g.
-    ``budget.value=3.6e13``), and the folder its relative config paths are resolved against."""
-    path = Path(path)
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a study config is a JSON object")
-    data = apply_overrides(data, overrides, where="--set")
-    data["variants"] = [from_dict(StudyVariant, v, f"{path}: variants[{k}]")
-                        for k, v in enumerate(data.get("variants") or [])]
-    return from_dict(StudyConfig, data, str(path)), path.parent
-
-
-# ---------------------------------------------------------------------------- helpers
-class _Log:
-    def __init__(self, out: Path) -> None:
-        self.start = time.perf_counter()
-        self.out = out
-
-    def __call__(self, msg: str) -> None:
-        print(f"[study {(time.perf_counter() - self.start) / 60:6.1f} min] {msg}", flush=True)
-
-
-@contextlib.contextmanager
-def _lock(folder: Path) -> Iterator[bool]:
-    """An exclusive lock file in ``folder``; yields False when another process holds it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / ".study.lock"
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        pid = path.read_text().strip() if path.exists() else ""
-        if pid.isdigit() and not _alive(int(pid)):
-            path.unlink(missing_ok=True)  # left by a killed process
-            with _lock(folder) as got:
-                yield got
-            return
-        yield False
-        return
-    try:
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        yield True
-    finally:
-        path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def stage_nfe(stage: StageConfig) -> int:
-    """Denoiser evaluations per sample of a stage's sampler: one per σ of its grid (the last
-    step, to σ = 0, returns the denoised image), Heun one more per step before it."""
-    if stage.kind == "relay":
-        s = stage.relay_sampler
-        steps = len(karras_sigmas(s.steps, s.sigma_min, s.sigma_max, s.rho,
-                                  truncate=s.sigma_trunc)) - 1
-    else:
-        s = stage.edm_sampler
-        steps = s.steps
-    return 2 * steps - 1 if s.order == 2 else steps
-
-
-def _set_steps(stage: StageConfig, steps: int) -> None:
-    if stage.kind == "relay":
-        stage.relay_sampler.steps = steps
-    else:
-        stage.edm_sampler.steps = steps
-
-
-def _metrics_row(res: dict) -> dict:
-    keep = ("fid", "sfid", "precision", "recall", "kid", "swd", "spectrum", "n_images")
-    return {k: res[k] for k in keep if k in res} | {"reference": res["reference"]}
-
-
-@contextlib.contextmanager
-def _timed(seconds: dict[str, float], name: str, *, keep_first: bool = False) -> Iterator[None]:
-    """Add the seconds the ``with`` block takes to ``seconds[name]`` (``keep_first``: record
-    them only if ``name`` has none yet, e.g. work that a rerun finds done)."""
-    start = time.perf_counter()
-    yield
-    spent = time.perf_counter() - start
-    seconds[name] = seconds.get(name, spent) if keep_first else seconds.get(name, 0.0) + spent
-
-
-def _link_samples(src: Path, dst: Path, seeds: range) -> None:
-    """Hard-link (or copy) the sample files of ``seeds`` from folder ``src`` into ``dst``."""
-    from ..io.sample_folder import seed_path
-
-    for seed in seeds:
-        a, b = seed_path(src, seed), seed_path(dst, seed)
-        if b.exists() or not a.is_file():
-            continue
-        b.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copyfile(a, b)
-
-
-def _first_stage(name: str) -> RelayCascade:
-    """The first stage (with its guide) of a cascade folder or packaged cascade ``name``."""
-    try:
-        cascade = RelayCascade.from_pretrained(name)
-    except (ValueError, OSError) as e:
-        raise ValueError(f"stage1.cascade {name!r}: {e}") from None
-    if cascade.configs[0].kind != "edm":
-        raise ValueError(f"stage1.cascade {name!r}: its first stage is a {cascade.configs[0].kind} "
-                         "stage, not a stage 1 (edm)")
-    guide = ((cascade.guide_configs[0], cascade.guides["0"]) if 0 in cascade.guide_configs
-             else None)
-    training = None if cascade.training is None else cascade.training[:1]
-    return RelayCascade(cascade.configs[:1], list(cascade.denoisers)[:1], training, [guide])
-
-
-# ---------------------------------------------------------------------------- the study
 class Study:
+    """One study: its config, output folder and runs (docs/study.md)."""
+
     def __init__(self, config_path: str | Path, out: str | Path, *, only: list[str] | None = None,
                  seeds: list[int] | None = None, progress: bool = True, train_only: bool = False,
                  stage1: bool = True, overrides: Sequence[str] = ()) -> None:
@@ -303,7 +68,7 @@ class Study:
         self.seeds = seeds
         self.train_only = train_only
         self.use_stage1 = stage1
-        self.log = _Log(self.out)
+        self.log = StudyLog()
         self._inception = None
         self.world: World | None = None
         for v in self.config.variants:  # every config must parse before anything is written
@@ -311,7 +76,7 @@ class Study:
                 self._variant_config(v, seed, 1)
         self._given_stage1: RelayCascade | None = None
         if self.config.stage1.cascade:
-            self._given_stage1 = _first_stage(self.config.stage1.cascade)
+            self._given_stage1 = first_stage(self.config.stage1.cascade)
         else:
             self._stage1_config()
 
@@ -435,7 +200,7 @@ class Study:
         limit = f", at most {cap:g} min" if cap is not None else ""
         self.log(f"stage 1: {cfg.stage.kind} {cfg.stage.resolution}px, {cfg.total_images:,} "
                  f"images{limit}")
-        with _lock(self.out / "stage1") as got:
+        with lock(self.out / "stage1") as got:
             if not got:
                 raise ValueError(f"{self.out / 'stage1'}: another process trains stage 1; wait "
                                  "for it, or run this study with --train-only")
@@ -447,7 +212,7 @@ class Study:
         return self._inception
 
     def _eval(self, samples: Path, ref: Path, metrics=METRICS) -> dict:
-        return _metrics_row(evaluate(samples, ref, metrics, progress=False,
+        return metrics_row(evaluate(samples, ref, metrics, progress=False,
                                      inception=self._inception_model()))
 
     def _shared_eval(self) -> None:
@@ -457,7 +222,7 @@ class Study:
         e, ev = self.config.eval, self.out / "eval"
         timing_file = ev / "timing.json"
         timing = read_json(timing_file) if timing_file.is_file() else {}
-        part = functools.partial(_timed, timing, keep_first=True)
+        part = functools.partial(timed, timing, keep_first=True)
         self.n = e.samples
         res = self.resolution
         heldout = len(open_dataset(self.heldout_root, resolution=res))
@@ -537,32 +302,29 @@ class Study:
         return data_images(root, idx, r1).float()
 
     def _stage1_low(self) -> torch.Tensor:
-        from ..io.images import from_uint8, load_image
-        from ..io.sample_folder import seed_path
+        from ...io.images import from_uint8, load_image
+        from ...io.sample_folder import seed_path
 
         return from_uint8(np.stack([load_image(seed_path(self.stage1_samples, s))
                                     for s in range(self.n)]))
 
-    def _upscale(self, cascade: RelayCascade, low: torch.Tensor, seed0: int, out: Path) -> Path:
-        """Relay/upscale ``low`` with seeds ``seed0 + k`` into the sample folder ``out``."""
-        seeds = [seed0 + k for k in range(low.shape[0])]
-        from ..io.sample_folder import seed_path
+    def _upscale(self, cascade: RelayCascade, low: torch.Tensor, seed0: int, out: Path) -> None:
+        """Relay/upscale ``low`` with seeds ``seed0 + k`` into the sample folder ``out``, shared
+        out over torchrun ranks."""
+        from ...io.sample_folder import seed_path
 
+        seeds = [seed0 + k for k in range(low.shape[0])]
         w = self.world
-        mine = [k for k in range(w.rank, len(seeds), w.size) if not seed_path(out, seeds[k]).exists()]
-        if mine:
-            images = cascade([seeds[k] for k in mine], low_res=low[mine])[-1]
-            for k, arr in zip(mine, to_uint8(images), strict=True):
-                save_png(arr, seed_path(out, seeds[k]))
+        write_upscaled(cascade, low, seeds, [seed_path(out, s) for s in seeds], rank=w.rank,
+                       world=w.size, progress=self.progress)
         w.barrier()
-        return out
 
     def _variant(self, v: StudyVariant, seed: int, evaluate: bool = True) -> None:
         run_dir = self.out / "runs" / f"{v.name}-s{seed}"
         if (run_dir / "result.json").is_file():
             self.log(f"{v.name} seed {seed}: done earlier")
             return
-        with _lock(run_dir) as got:
+        with lock(run_dir) as got:
             if not got:
                 self.log(f"{v.name} seed {seed}: another process works on it; skipping")
                 return
@@ -606,7 +368,7 @@ class Study:
         e = self.config.eval
         result: dict = {"nfe": stage_nfe(stage_cfg)}
         parts: dict[str, float] = {}  # seconds per part of the evaluation
-        part = functools.partial(_timed, parts)
+        part = functools.partial(timed, parts)
 
         cascade = RelayCascade([stage_cfg], [den])
         if stage_cfg.kind == "edm":  # end to end at the target resolution
@@ -644,30 +406,18 @@ class Study:
                             folder, self.refs["heldout"], ["fid", "kid"])})
                 stage_cfg.sr.sample_level = cfg.stage.sr.sample_level
             with part("artifacts"):
-                result["artifact_correction"] = self._artifacts(v.name, stage_cfg, cascade, ev)
+                result["artifact_correction"] = artifact_rows(v.name, stage_cfg, cascade,
+                                                              self._low("heldout"), ev)
         with part("nfe_curve"):
             result["nfe_curve"] = self._nfe_curve(stage_cfg, den, ev, final)
         with part("compute_curve"):
             result["compute_curve"] = self._compute_curve(run_dir, ev, final, source["source"])
         return result, parts
 
-    def _artifacts(self, name: str, stage_cfg: StageConfig, cascade: RelayCascade,
-                   ev: Path) -> list[dict]:
-        """Artifact correction of the first held-out images, and their grid ``artifacts.png``."""
-        low = self._low("heldout")[:ARTIFACT_IMAGES]
-        seeds = [HELDOUT_SEED0 + k for k in range(low.shape[0])]
-        rows, columns = artifact_correction(
-            {name: lambda x: cascade(seeds, low_res=x.float())[-1]}, low, stage_cfg.scale)
-        shown = range(min(GRID_IMAGES, low.shape[0]))
-        grid = image_grid(to_uint8(torch.stack([c[k] for k in shown for c in columns])),
-                          columns=len(columns))
-        save_png(grid, ev / "artifacts.png")
-        return rows
-
     def _reuse(self, src: Path, dst: Path, seeds: range) -> None:
         """Samples of ``seeds`` already in ``src`` become ``dst``'s (linked once, on rank 0)."""
         if self.world.is_main:
-            _link_samples(src, dst, seeds)
+            link_samples(src, dst, seeds)
         self.world.barrier()
 
     def _quick_fid(self, stage_cfg: StageConfig, den, folder: Path, same_as: Path | None) -> dict:
@@ -693,7 +443,7 @@ class Study:
         rows = []
         for steps in steps_list:
             cfg = StageConfig.from_dict(stage_cfg.to_dict())
-            _set_steps(cfg, steps)
+            set_steps(cfg, steps)
             rows.append({"steps": steps, "nfe": stage_nfe(cfg),
                          **self._quick_fid(cfg, den, ev / f"steps_{steps}",
                                            final if steps == own else None)})
@@ -712,6 +462,7 @@ class Study:
 
     # -- the aggregate -------------------------------------------------------------------
     def aggregate(self) -> Path:
+        """``results.json``, ``table.md`` and the figures from every finished run's result."""
         results = []
         for v in self.config.variants:
             for seed in v.seeds:
@@ -738,153 +489,8 @@ class Study:
             "variants": results,
             "summary": summary,
         }
-        write_json(finite_or_none(out), self.out / "results.json")
-        with atomic_writer(self.out / "table.md") as f:
-            f.write(markdown_table(summary, results, shared).encode())
-        if results:
-            figures(out, self.out / "figures", self.out)
-        self.log(f"wrote {self.out / 'results.json'} ({len(results)} runs)")
-        return self.out / "results.json"
+        path = write_report(out, self.out)
+        self.log(f"wrote {path} ({len(results)} runs)")
+        return path
 
 
-def _stat(runs: list[dict], section: str, key: str) -> dict:
-    """Mean and spread (max − min over the seeds) of ``run[section][key]``."""
-    vals = [r[section][key] for r in runs if r.get(section, {}).get(key) is not None]
-    if not vals:
-        return {"mean": None, "spread": None, "n": 0}
-    return {"mean": float(np.mean(vals)), "spread": float(np.ptp(vals)), "n": len(vals)}
-
-
-def summarize(results: list[dict], floors: dict) -> list[dict]:
-    """One row per variant: mean and spread over seeds of its main numbers, then the floors."""
-    rows = []
-    for name in dict.fromkeys(r["name"] for r in results):
-        runs = [r for r in results if r["name"] == name]
-
-        def stat(path: tuple[str, str], runs=runs) -> dict:
-            return _stat(runs, *path)
-
-        rows.append({
-            "variant": name, "kind": runs[0]["kind"], "main": runs[0]["main"],
-            "seeds": [r["seed"] for r in runs],
-            "budget_flops": [r["budget"]["flops"] for r in runs],
-            "images": [r["budget"]["images"] for r in runs],
-            "nfe": runs[0]["nfe"],
-            "cascade_fid": stat(("cascade", "fid")), "cascade_kid": stat(("cascade", "kid")),
-            "sr_heldout_fid": stat(("sr_heldout", "fid")), "sr_train_fid": stat(("sr_train", "fid")),
-            "precision": stat(("cascade", "precision")), "recall": stat(("cascade", "recall")),
-            "sr_heldout_precision": stat(("sr_heldout", "precision")),
-            "sr_heldout_recall": stat(("sr_heldout", "recall")),
-            "spectrum": stat(("sr_heldout", "spectrum")), "sfid": stat(("cascade", "sfid")),
-        })
-    rows.append({"variant": "floor: split-half (train vs held-out data)",
-                 "sr_heldout_fid": {"mean": floors["split_half"]["fid"]}})
-    rows.append({"variant": "floor: up(down(x)) of held-out data",
-                 "sr_heldout_fid": {"mean": floors["up_down_heldout"]["fid"]}})
-    return rows
-
-
-def _cell(stat: dict | None, digits: int) -> str:
-    """``mean ± half-spread`` (over seeds) of a summary statistic, ``—`` where there is none."""
-    if not stat or stat.get("mean") is None:
-        return "—"
-    text = f"{stat['mean']:.{digits}f}"
-    if stat.get("n", 1) > 1:
-        text += f" ± {stat['spread'] / 2:.{digits}f}"
-    return text
-
-
-def markdown_table(summary: list[dict], results: list[dict], shared: dict | None = None) -> str:
-    """The summary as a Markdown table (every value is ``results.json``'s ``summary``, rounded;
-    ``±`` is half the spread over the seeds), with the evaluation / training time split, and
-    the study's ``shared`` evaluation seconds (once for all runs) below it."""
-    head = ("| variant | seeds | training GFLOPs | images | NFE | cascade FID | SR-FID held-out | "
-            "SR-FID train | precision | recall | KID ×1e3 | spectrum | eval / train time |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-    lines = []
-    for row in summary:
-        runs = [r for r in results if r["name"] == row["variant"]]
-        if not runs:  # a floor
-            lines.append(f"| {row['variant']} | | | | | | {_cell(row['sr_heldout_fid'], 1)} "
-                         "| | | | | | |")
-            continue
-        kid = row["cascade_kid"]
-        kid = {**kid, "mean": kid["mean"] * 1e3, "spread": kid["spread"] * 1e3} \
-            if kid.get("mean") is not None else kid
-        ratio = sum(r["timing"]["eval_seconds"] for r in runs) / max(
-            sum(r["timing"]["train_seconds"] for r in runs), 1e-9)
-        lines.append(
-            f"| {row['variant']}{' (main)' if row['main'] else ''} | "
-            f"{', '.join(str(s) for s in row['seeds'])} | "
-            f"{np.mean(row['budget_flops']) / 1e9:,.0f} | {int(np.mean(row['images'])):,} | "
-            f"{row['nfe']} | {_cell(row['cascade_fid'], 1)} | {_cell(row['sr_heldout_fid'], 1)} | "
-            f"{_cell(row['sr_train_fid'], 1)} | {_cell(row['precision'], 3)} | "
-            f"{_cell(row['recall'], 3)} | {_cell(kid, 1)} | {_cell(row['spectrum'], 3)} | "
-            f"{100 * ratio:.0f} % |")
-    foot = ""
-    if shared:
-        spent = ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in shared.items())
-        foot = f"\nShared evaluation, once for all {len(results)} runs: {spent}.\n"
-    return head + "\n".join(lines) + "\n" + foot
-
-
-def figures(results: dict, folder: Path, out: Path) -> None:
-    """FID against training compute, FID against NFE, sample grids side by side, artifact
-    correction per variant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
-    runs = results["variants"]
-
-    def save(fig, name: str) -> None:
-        fig.tight_layout()
-        with atomic_writer(folder / name) as f:
-            fig.savefig(f, format="png")
-        plt.close(fig)
-
-    for key, xlabel, name in (("compute_curve", "training FLOPs", "fid_vs_compute.png"),
-                              ("nfe_curve", "denoiser evaluations per sample (NFE)",
-                               "fid_vs_nfe.png")):
-        fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-        for r in runs:
-            pts = [(p["flops"] if key == "compute_curve" else p["nfe"], p["fid"]) for p in r[key]
-                   if p.get("fid") is not None]
-            if pts:
-                x, y = zip(*sorted(pts), strict=True)
-                ax.plot(x, y, marker="o", label=f"{r['name']} s{r['seed']}",
-                        linestyle="-" if r["main"] else "--")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"FID@{results['study_config']['eval']['curve_samples']} (SR held-out; "
-                      "edm64: samples)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-        if key == "nfe_curve":
-            ax.set_xscale("log")
-        save(fig, name)
-    from ..io.images import load_image
-    from ..io.sample_folder import seed_path
-
-    rows, labels = [], []
-    first = {}
-    for r in runs:
-        first.setdefault(r["name"], r)
-    for r in first.values():  # variants without cascade samples here (--no-stage1) are left out
-        run = out / "runs" / f"{r['name']}-s{r['seed']}" / "eval" / "cascade"
-        paths = [seed_path(run, s)
-                 for s in range(min(GRID_IMAGES, results["study_config"]["eval"]["samples"]))]
-        if not all(p.is_file() for p in paths):
-            continue
-        rows.append(np.concatenate([load_image(p) for p in paths], axis=1))
-        labels.append(r["name"])
-    if rows:
-        fig, ax = plt.subplots(figsize=(8, 1.1 * len(rows) + 0.5), dpi=120)
-        ax.imshow(np.concatenate(rows, axis=0), interpolation="nearest")
-        h = rows[0].shape[0]
-        ax.set_yticks([h * k + h // 2 for k in range(len(rows))], labels, fontsize=8)
-        ax.set_xticks([])
-        ax.set_title("the same 8 stage-1 samples through each variant (end to end: its own samples)",
-                     fontsize=8)
-        save(fig, "grids.png")

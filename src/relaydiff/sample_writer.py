@@ -1,4 +1,5 @@
-"""Writing a cascade's samples to a sample folder: one PNG per seed, resumable, shardable.
+"""Writing a cascade's images to PNG files: sample folders (one PNG per seed) and upscaled
+images, resumable and shardable over torchrun ranks.
 
 The folder layout and its ``labels.json`` manifest are :mod:`relaydiff.io.sample_folder`.
 """
@@ -10,16 +11,15 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
-from ..cascade import RelayCascade
-from ..io.files import write_failure
-from ..io.images import image_grid, load_image, save_png, to_uint8
-from ..io.sample_folder import label_sampling, seed_path, stage_folder, write_manifest
+from .cascade import RelayCascade
+from .io.files import write_failure
+from .io.images import image_grid, load_image, save_png, to_uint8
+from .io.sample_folder import label_sampling, seed_path, stage_folder, write_manifest
 
 GRID_SIZE = 64
-
-
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk every complete PNG ends with
 
 
@@ -41,6 +41,12 @@ def complete_png(path: Path) -> bool:
     return complete
 
 
+def _progress_bar(what: str, total: int, rank: int, world: int, show: bool) -> tqdm:
+    """A bar of ``total`` images (hidden when there are none), naming the rank under torchrun."""
+    desc = what if world == 1 else f"{what} (rank {rank})"
+    return tqdm(total=total, desc=desc, unit="img", disable=not (show and total))
+
+
 def write_samples(model: RelayCascade, seeds: Sequence[int], out: str | Path, *, batch: int = 16,
                   class_idx: int | None = None, balanced: bool = False, all_stages: bool = False,
                   rank: int = 0, world: int = 1, progress: bool = True,
@@ -60,8 +66,7 @@ def write_samples(model: RelayCascade, seeds: Sequence[int], out: str | Path, *,
     labels = model.labels_for(seeds, class_idx, balanced=balanced)
     position = {int(s): i for i, s in enumerate(seeds)}
     todo = [s for s in seeds[rank::world] if not complete_png(seed_path(out, s))]
-    desc = "sampling" if world == 1 else f"sampling (rank {rank})"
-    bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not (progress and todo))
+    bar = _progress_bar("sampling", len(todo), rank, world, progress)
     last = len(model.configs) - 1
     chunk_size = max(batch, 64)  # files are written after each chunk (resumable)
     written = 0
@@ -113,3 +118,24 @@ def write_summary(model: RelayCascade, seeds: Sequence[int], out: str | Path, *,
     write_manifest(out, seeds, sampling=label_sampling(labels, class_idx, balanced),
                    num_classes=model.num_classes, resolutions=model.resolutions,
                    labels=None if labels is None else labels.tolist())
+
+
+def write_upscaled(model: RelayCascade, low: torch.Tensor, seeds: Sequence[int],
+                   paths: Sequence[Path], *, batch: int = 16, rank: int = 0, world: int = 1,
+                   progress: bool = True, batch_invariant: bool = True) -> int:
+    """Relay the low-resolution images ``low`` (``N×C×R×R`` in [-1, 1]) through the stages above
+    their resolution, image ``k`` with seed ``seeds[k]`` into the PNG file ``paths[k]``.
+
+    Writes the images of this rank (``k ≡ rank mod world``) that have no complete file yet
+    (damaged files are named in a warning and written again); ``batch_invariant`` as in
+    :func:`write_samples`. Returns the number of new images.
+    """
+    todo = [k for k in range(rank, len(paths), world) if not complete_png(paths[k])]
+    if not todo:
+        return 0
+    with _progress_bar("upscaling", len(todo), rank, world, progress) as bar:
+        images = model([seeds[k] for k in todo], low_res=low[todo], batch_size=batch,
+                       progress=bar.update, batch_invariant=batch_invariant)[-1]
+    for k, arr in zip(todo, to_uint8(images), strict=True):
+        save_png(arr, paths[k])
+    return len(todo)
