@@ -4,11 +4,11 @@ PyTorch's CPU wheels run their parallel kernels on GNU OpenMP (libgomp). By defa
 worker *spins* for about 300,000 iterations (a few milliseconds) at every barrier before it
 sleeps. On a machine whose cores are shared with another busy process, a spinning worker burns
 the time slice that the worker it waits for needs, and multi-threaded work collapses: on 2 cores
-with one busy process beside it, training and batched sampling ran at 8–14 % of their idle speed
+with one busy process beside it, training and batched sampling kept 3–31 % of their idle speed
 (docs/train.md#threads-on-a-shared-machine, ``bench/bench_threads.py``). Sleeping at once
-(``OMP_WAIT_POLICY=PASSIVE``) keeps about half the idle speed under that load but costs 8–20 %
-on an idle machine (every parallel region then waits for a wake-up); a short spin of 1,000
-iterations (``GOMP_SPINCOUNT=1000``, about 10 µs) keeps 45–60 % under load for 4–6 % idle, the
+(``OMP_WAIT_POLICY=PASSIVE``) keeps 50–87 % under that load but costs 8–15 % on an idle machine
+(every parallel region then waits for a wake-up); a short spin of 1,000 iterations
+(``GOMP_SPINCOUNT=1000``, about 10 µs) keeps 37–59 % under load for about 5 % idle, the
 best trade-off measured, and is relaydiff's policy.
 
 OpenMP reads the setting once, when the library loads (the first ``import torch``), so
