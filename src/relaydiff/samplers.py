@@ -83,19 +83,10 @@ def _edm_loop(denoiser: Denoiser, latents: torch.Tensor, sigmas: torch.Tensor, o
     return x
 
 
-def sample_euler(
-    denoiser: Denoiser,
-    latents: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    labels: torch.Tensor | None = None,
-    churn: float = 0.0,
-    s_min: float = 0.0,
-    s_max: float = math.inf,
-    s_noise: float = 1.0,
-    generator: Generator = None,
-    callback: Callback | None = None,
-) -> torch.Tensor:
+def sample_euler(denoiser: Denoiser, latents: torch.Tensor, sigmas: torch.Tensor, *,
+                 labels: torch.Tensor | None = None, churn: float = 0.0, s_min: float = 0.0,
+                 s_max: float = math.inf, s_noise: float = 1.0, generator: Generator = None,
+                 callback: Callback | None = None) -> torch.Tensor:
     """EDM's Algorithm 2 with Euler steps ``x_{i+1} = x̂_i + (σ_{i+1} − σ̂_i)·d_i`` (docs/method.md
     §1.3) from unit-normal ``latents``; ``churn=0`` is the deterministic Euler sampler."""
     return _edm_loop(denoiser, latents, sigmas, 1, _ode_increment, labels=labels, churn=churn,
@@ -103,19 +94,10 @@ def sample_euler(
                      callback=callback)
 
 
-def sample_heun(
-    denoiser: Denoiser,
-    latents: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    labels: torch.Tensor | None = None,
-    churn: float = 0.0,
-    s_min: float = 0.0,
-    s_max: float = math.inf,
-    s_noise: float = 1.0,
-    generator: Generator = None,
-    callback: Callback | None = None,
-) -> torch.Tensor:
+def sample_heun(denoiser: Denoiser, latents: torch.Tensor, sigmas: torch.Tensor, *,
+                labels: torch.Tensor | None = None, churn: float = 0.0, s_min: float = 0.0,
+                s_max: float = math.inf, s_noise: float = 1.0, generator: Generator = None,
+                callback: Callback | None = None) -> torch.Tensor:
     """EDM's Algorithm 2 (Karras et al. 2022; docs/method.md §1.3): the Euler step of
     :func:`sample_euler` corrected with the slope at its end,
     ``x_{i+1} = x̂_i + (σ_{i+1} − σ̂_i)·(d_i + d')/2``, except on the last step (``σ_{i+1} = 0``)."""
@@ -124,21 +106,10 @@ def sample_heun(
                      callback=callback)
 
 
-def sample_sde(
-    denoiser: Denoiser,
-    latents: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    sde_scale: float,
-    order: int = 2,
-    labels: torch.Tensor | None = None,
-    churn: float = 0.0,
-    s_min: float = 0.0,
-    s_max: float = math.inf,
-    s_noise: float = 1.0,
-    generator: Generator = None,
-    callback: Callback | None = None,
-) -> torch.Tensor:
+def sample_sde(denoiser: Denoiser, latents: torch.Tensor, sigmas: torch.Tensor, *, sde_scale: float,
+               order: int = 2, labels: torch.Tensor | None = None, churn: float = 0.0, s_min: float = 0.0,
+               s_max: float = math.inf, s_noise: float = 1.0, generator: Generator = None,
+               callback: Callback | None = None) -> torch.Tensor:
     """The SDE sampler of the released CelebA-HQ script (docs/method.md §1.3): after the churn of
     :func:`sample_euler`, ``g = sde_scale·σ_{i+1}``, ``a = √((σ_{i+1}² − g²)/σ̂_i²)`` and
     ``x_{i+1} = x̂_i + (a − 1)·σ̂_i·d_i + g·ε``; ``order=2`` corrects with the slope at that point
@@ -160,21 +131,10 @@ def sample_sde(
                      callback=callback)
 
 
-def edm_sample(
-    denoiser: Denoiser,
-    latents: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    labels: torch.Tensor | None = None,
-    churn: float = 0.0,
-    s_min: float = 0.0,
-    s_max: float = math.inf,
-    s_noise: float = 1.0,
-    order: int = 2,
-    sde_scale: float = 0.0,
-    generator: Generator = None,
-    callback: Callback | None = None,
-) -> torch.Tensor:
+def edm_sample(denoiser: Denoiser, latents: torch.Tensor, sigmas: torch.Tensor, *,
+               labels: torch.Tensor | None = None, churn: float = 0.0, s_min: float = 0.0,
+               s_max: float = math.inf, s_noise: float = 1.0, order: int = 2, sde_scale: float = 0.0,
+               generator: Generator = None, callback: Callback | None = None) -> torch.Tensor:
     """The stage-1 sampler of a stage's settings (docs/method.md §1.3): :func:`sample_sde` for
     ``sde_scale`` ≠ 0, else :func:`sample_heun` (``order=2``) or :func:`sample_euler`
     (``order=1``), all with the churn ``churn, s_min, s_max, s_noise``."""
@@ -273,20 +233,10 @@ def _released_heun(step: _RelayStep, denoised_next: torch.Tensor) -> torch.Tenso
     return x_next
 
 
-def sample_relay_euler(
-    denoiser: Denoiser,
-    x_start: torch.Tensor,
-    sigmas: torch.Tensor,
-    schedule: RelaySchedule,
-    patch_size: int,
-    *,
-    labels: torch.Tensor | None = None,
-    eta: float = 0.0,
-    block_alpha: float = 0.15,
-    variant: str = "trapezoidal",
-    generator: Generator = None,
-    callback: Callback | None = None,
-) -> torch.Tensor:
+def sample_relay_euler(denoiser: Denoiser, x_start: torch.Tensor, sigmas: torch.Tensor,
+                       schedule: RelaySchedule, patch_size: int, *, labels: torch.Tensor | None = None,
+                       eta: float = 0.0, block_alpha: float = 0.15, variant: str = "trapezoidal",
+                       generator: Generator = None, callback: Callback | None = None) -> torch.Tensor:
     """Euler steps of the relay sampler (docs/method.md §2.6). ``x_start`` is the noised state at
     ``sigmas[0]`` (e.g. ``up(x_low) + σ_0·n``). With ``U = DCT(x_i)``, ``Û = DCT(D(x_i;σ_i))``,
     ``a_i = a_{b(u(σ_i))}`` and ``γ = √(1−η²)·σ_{i+1}/σ_i``:
@@ -299,19 +249,10 @@ def sample_relay_euler(
                        generator=generator, callback=callback)
 
 
-def sample_relay_heun(
-    denoiser: Denoiser,
-    x_start: torch.Tensor,
-    sigmas: torch.Tensor,
-    schedule: RelaySchedule,
-    patch_size: int,
-    *,
-    labels: torch.Tensor | None = None,
-    eta: float = 0.0,
-    block_alpha: float = 0.15,
-    generator: Generator = None,
-    callback: Callback | None = None,
-) -> torch.Tensor:
+def sample_relay_heun(denoiser: Denoiser, x_start: torch.Tensor, sigmas: torch.Tensor,
+                      schedule: RelaySchedule, patch_size: int, *, labels: torch.Tensor | None = None,
+                      eta: float = 0.0, block_alpha: float = 0.15, generator: Generator = None,
+                      callback: Callback | None = None) -> torch.Tensor:
     """This project's relay sampler (variant ``"trapezoidal"``, docs/method.md §2.6): the Euler
     step of :func:`sample_relay_euler`, then ``Û' = DCT(D(x_{i+1};σ_{i+1}))`` at its end and the
     trapezoidal rule on the denoised images, ``U'' = γ·U + L·(Û + Û')/2``, with the predictor's
@@ -321,19 +262,11 @@ def sample_relay_heun(
                        generator=generator, callback=callback)
 
 
-def sample_relay_official_heun(
-    denoiser: Denoiser,
-    x_start: torch.Tensor,
-    sigmas: torch.Tensor,
-    schedule: RelaySchedule,
-    patch_size: int,
-    *,
-    labels: torch.Tensor | None = None,
-    eta: float = 0.0,
-    block_alpha: float = 0.15,
-    generator: Generator = None,
-    callback: Callback | None = None,
-) -> torch.Tensor:
+def sample_relay_official_heun(denoiser: Denoiser, x_start: torch.Tensor, sigmas: torch.Tensor,
+                               schedule: RelaySchedule, patch_size: int, *,
+                               labels: torch.Tensor | None = None, eta: float = 0.0,
+                               block_alpha: float = 0.15, generator: Generator = None,
+                               callback: Callback | None = None) -> torch.Tensor:
     """The paper's Algorithm as the released code runs it (variant ``"official"``, docs/method.md
     §2.6): the slope average ``d = (U − Û)/σ_i``, ``d' = (U' − Û')/σ_{i+1}``,
     ``U'' = (a_{i+1} + γ − γ·a_i)·U + σ_i·(γ·a_i − a_{i+1})·(d + d')/2``, fresh noise in the
@@ -349,21 +282,10 @@ RELAY_HEUN = {"trapezoidal": sample_relay_heun, "official": sample_relay_officia
 """The Heun-type relay sampler of each of :data:`relaydiff.ops.VARIANTS`."""
 
 
-def relay_sample(
-    denoiser: Denoiser,
-    x_start: torch.Tensor,
-    sigmas: torch.Tensor,
-    schedule: RelaySchedule,
-    patch_size: int,
-    *,
-    labels: torch.Tensor | None = None,
-    eta: float = 0.0,
-    block_alpha: float = 0.15,
-    order: int = 2,
-    variant: str = "trapezoidal",
-    generator: Generator = None,
-    callback: Callback | None = None,
-) -> torch.Tensor:
+def relay_sample(denoiser: Denoiser, x_start: torch.Tensor, sigmas: torch.Tensor, schedule: RelaySchedule,
+                 patch_size: int, *, labels: torch.Tensor | None = None, eta: float = 0.0,
+                 block_alpha: float = 0.15, order: int = 2, variant: str = "trapezoidal",
+                 generator: Generator = None, callback: Callback | None = None) -> torch.Tensor:
     """The relay sampler of a stage's settings (docs/method.md §2.6): :func:`sample_relay_euler`
     for ``order=1``, else :data:`RELAY_HEUN` of ``variant`` (:data:`relaydiff.ops.VARIANTS`):
     :func:`sample_relay_heun` for ``"trapezoidal"`` (the default; old name ``"paper"``, which
