@@ -2,8 +2,11 @@
 
 Stage 1 is an EDM diffusion at the lowest resolution; every later stage is a relay stage that
 starts from ``up(x_low) + σ_0·n`` (docs/method.md §2.6) with its own scale factor, so cascades
-such as 16→64 or 16→64→256 with any integer factors work. Every sample draws all of its
-randomness (class label, latents, sampler noise of every stage) from its own
+such as 16→64 or 16→64→256 with any integer factors work. A relay or super-resolution stage
+runs at any size that is a multiple of its patch size and of its network's downsampling, so the
+last stage can be reused to go past the cascade's resolution (``to``, :meth:`RelayCascade.plan`),
+and its denoiser can be evaluated in tiles of bounded memory (``tile``, :mod:`relaydiff.tiling`).
+Every sample draws all of its randomness (class label, latents, sampler noise of every stage) from its own
 ``torch.Generator`` seeded with its seed, so an image depends on its seed only, never on the
 batch it was generated in (docs/method.md §4 for the exact promise on CPUs).
 
@@ -14,6 +17,7 @@ cascades: :mod:`relaydiff.pretrained`.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,13 +27,16 @@ from torch import nn
 
 import relaydiff.stage as _stage  # the module itself, not through the package's __init__
 
+from .networks import size_multiple
 from .ops import noisy_condition, randn, relay_noise, upsample
 from .pretrained import read_cascade, write_cascade
 from .samplers import autoguidance, classifier_free_guidance, edm_sample, relay_sample
 from .schedules import karras_sigmas
 from .seeds import LABEL_STREAM, check_seeds
+from .tiling import TiledDenoiser
 
-EXACT_BATCH = 8  # samples per network call in exact (batch-invariant) CPU mode
+EXACT_BATCH = 8  # samples (or tiles) per network call in exact (batch-invariant) CPU mode
+REACHABLE_SHOWN = 4  # sizes beyond the cascade's own that an unreachable ``to`` lists
 
 
 def conditioned(denoiser: Callable, cond_image: torch.Tensor, cond_sigma: torch.Tensor) -> Callable:
@@ -147,8 +154,11 @@ class RelayCascade(nn.Module):
         dtype: torch.dtype = torch.float64,
         batch_invariant: bool = True,
         progress: Callable[[int], object] | None = None,
+        to: int | None = None,
+        tile: int = 0,
     ) -> list[torch.Tensor]:
-        """Generate one image per seed; returns every stage's images (``N×C×R_k×R_k`` in [-1, 1]).
+        """Generate one image per seed; returns every step's images (``N×C×R_k×R_k`` in [-1, 1]):
+        one per stage, and with ``to`` one per step of :meth:`plan`.
         Seeds lie in ``0..relaydiff.seeds.MAX_SEED`` (``ValueError`` otherwise: a larger seed
         would overlap another seed's label stream).
 
@@ -163,35 +173,43 @@ class RelayCascade(nn.Module):
         With ``low_res`` (``N×C×R×R`` in [-1, 1]) the stages above resolution ``R`` relay those
         images instead of sampling stage 1 (super-resolution); the list then starts with them.
         ``progress`` is called with the number of finished samples after each batch.
+
+        ``to``: the output size; the cascade's last stage is reused past its own resolution
+        (:meth:`plan`; ``ValueError`` naming the reachable sizes otherwise). ``tile`` > 0
+        evaluates every relay and super-resolution stage's denoiser in ``tile×tile`` tiles
+        (:class:`relaydiff.tiling.TiledDenoiser`): memory bounded by the tile, the result
+        seamless; the noise is drawn on the whole image, so it does not depend on ``tile``. In
+        exact mode each such call sees ``EXACT_BATCH`` tiles, and the padding seeds of a group
+        are dropped before the tiled stages.
         """
         seeds = [int(s) for s in seeds]
         check_seeds(seeds)
         if batch_size < 1:
             raise ValueError(f"batch size {batch_size} must be ≥ 1")
-        first = 0
+        if tile < 0:
+            raise ValueError(f"tile {tile} must be ≥ 0 (0: untiled)")
         if low_res is not None:
-            first = self.stage_after(low_res)
+            self._check_low_res(low_res)
             if low_res.shape[0] != len(seeds):
                 raise ValueError(f"got {low_res.shape[0]} low-resolution images for {len(seeds)} seeds")
-        elif self.configs[0].kind != "edm":
-            raise ValueError("this cascade has no stage 1; give low-resolution images to upscale")
+        plan = self.plan(None if low_res is None else low_res.shape[-1], to)
         labels = self.labels_for(seeds, class_idx, balanced)
         if not seeds:
             return []
         if batch_invariant and self.device.type == "cpu":
-            return self._generate_exact(seeds, labels, low_res, first, dtype, progress)
+            return self._generate_exact(seeds, labels, low_res, plan, dtype, progress, tile)
         outputs: list[list[torch.Tensor]] = []
         with torch.no_grad():
             for start in range(0, len(seeds), batch_size):
                 batch = seeds[start:start + batch_size]
                 low = None if low_res is None else low_res[start:start + batch_size]
                 idx = None if labels is None else labels[start:start + batch_size]
-                outputs.append(self._generate(batch, idx, low, first, dtype))
+                outputs.append(self._generate(batch, idx, low, plan, dtype, tile))
                 if progress is not None:
                     progress(len(batch))
         return [torch.cat(parts) for parts in zip(*outputs, strict=True)]
 
-    def _generate_exact(self, seeds, labels, low_res, first, dtype, progress) -> list[torch.Tensor]:
+    def _generate_exact(self, seeds, labels, low_res, plan, dtype, progress, tile) -> list[torch.Tensor]:
         """Groups of ``EXACT_BATCH`` seeds (the last padded by repeating its first seed), each run
         single-threaded, the groups in parallel on ``torch.get_num_threads()`` threads."""
         groups = []
@@ -205,7 +223,7 @@ class RelayCascade(nn.Module):
             idx = None if labels is None else labels[rows]
             low = None if low_res is None else low_res[rows]
             with torch.no_grad():
-                outs = self._generate([seeds[i] for i in rows], idx, low, first, dtype)
+                outs = self._generate([seeds[i] for i in rows], idx, low, plan, dtype, tile, n)
             return [o[:n] for o in outs]
 
         threads = torch.get_num_threads()
@@ -221,41 +239,124 @@ class RelayCascade(nn.Module):
             torch.set_num_threads(threads)
         return [torch.cat(parts) for parts in zip(*outputs, strict=True)]
 
-    def stage_after(self, low_res: torch.Tensor) -> int:
-        """Index of the stage that relays images of ``low_res``'s size (``ValueError`` if none)."""
+    @staticmethod
+    def _check_low_res(low_res: torch.Tensor) -> None:
         r = low_res.shape[-1]
         if low_res.dim() != 4 or low_res.shape[-2] != r:
             raise ValueError(f"low-resolution images must be N×C×R×R, got {tuple(low_res.shape)}")
-        for k, c in enumerate(self.configs):
-            if c.kind != "edm" and c.input_resolution == r:
-                return k
-        starts = sorted({c.input_resolution for c in self.configs if c.kind != "edm"})
-        raise ValueError(f"no stage starts from {r}px images; this cascade upscales from {starts} px")
 
-    def _generate(self, seeds, idx, low, first, dtype) -> list[torch.Tensor]:
+    def size_multiple(self, k: int) -> int:
+        """Stage ``k`` (0-based) runs at sizes that are multiples of this: its patch size and its
+        network's downsampling (stage 1: only its own resolution)."""
+        cfg = self.configs[k]
+        if cfg.scale is None:
+            return cfg.resolution
+        return math.lcm(cfg.scale, size_multiple(self.denoisers[k].model))
+
+    def _first_stage(self, start: int) -> int | None:
+        """The stage whose input size is ``start`` px, if any."""
+        return next((k for k, c in enumerate(self.configs)
+                     if c.kind != "edm" and c.input_resolution == start), None)
+
+    def plan(self, start: int | None = None, to: int | None = None) -> list[tuple[int, int]]:
+        """The steps ``(stage index, output size)`` from ``start`` px images (``None``: from seeds,
+        stage 1 first) to ``to`` px (``None``: the cascade's stages once).
+
+        From ``start`` the stages run from the one whose input size is ``start`` (none: only
+        reuses); past the last stage's output its last stage is reused (×its scale each time),
+        as the paper reuses its 64→256 stage. A ``to`` that no chain reaches, or a size a stage
+        cannot run at (not a multiple of :meth:`size_multiple`), raises one ``ValueError``
+        naming the reachable sizes.
+        """
+        last = len(self.configs) - 1
+        if start is None:
+            if self.configs[0].kind != "edm":
+                raise ValueError("this cascade has no stage 1; give low-resolution images to upscale")
+            steps, res, first = [(0, self.configs[0].resolution)], self.configs[0].resolution, 1
+        else:
+            steps, res, first = [], int(start), self._first_stage(int(start))
+            if first is None and to is None:
+                starts = sorted({c.input_resolution for c in self.configs if c.kind != "edm"})
+                raise ValueError(f"no stage starts from {res}px images; this cascade upscales from "
+                                 f"{starts} px (give a target size to reuse its last stage)")
+        for k in range(first if first is not None else last + 1, last + 1):
+            res *= self.configs[k].scale
+            steps.append((k, res))
+        reuse = self.configs[last].scale
+        if to is not None and to not in [r for _, r in steps]:
+            while reuse and res < to:
+                res *= reuse
+                steps.append((last, res))
+            if res != to:
+                passed = [r for _, r in steps if r < to] or [r for _, r in steps[:1]]
+                raise ValueError(self._unreachable(start, to, passed))
+        if to is not None:
+            steps = [(k, r) for k, r in steps if r <= to]
+        for k, r in steps:
+            m = self.size_multiple(k)
+            if r % m:
+                raise ValueError(f"stage {k + 1} cannot make {r}px images: its sizes are multiples "
+                                 f"of {m} (patch size and network downsampling)")
+        return steps
+
+    def _unreachable(self, start: int | None, to: int, below: list[int]) -> str:
+        """Why ``to`` px cannot be made from ``start`` (``below``: the sizes the chain passes
+        on its way), with the sizes that can: those and a few more reuses."""
+        reuse = self.configs[-1].scale
+        shown = list(below)
+        size = shown[-1] if shown else start
+        for _ in range(REACHABLE_SHOWN if reuse else 0):
+            size *= reuse
+            shown.append(size)
+        how = f" (its last stage ×{reuse} reused)" if reuse else ""
+        origin = "from seeds" if start is None else f"from {start}px images"
+        return (f"size {to} is not reachable {origin} with this cascade{how}; reachable sizes: "
+                f"{', '.join(map(str, shown))}" + (", …" if reuse else ""))
+
+    def _generate(self, seeds, idx, low, plan, dtype, tile, n=None) -> list[torch.Tensor]:
+        """Run ``plan`` for one batch; ``n``: the batch's real rows (the rest pad an exact-mode
+        group), kept alone from the first tiled stage on."""
         gens = seed_generators(seeds)
         x = None if low is None else low.to(device=self.device, dtype=dtype)
         outs = [] if x is None else [x]
-        for k in range(first, len(self.configs)):
-            x = self.run_stage(k, x, gens, idx, dtype=dtype)
+        for k, _ in plan:
+            tiled = tile > 0 and self.configs[k].kind != "edm"
+            if tiled and n is not None and x.shape[0] > n:
+                x, gens = x[:n], gens[:n]
+                idx = None if idx is None else idx[:n]
+            x = self.run_stage(k, x, gens, idx, dtype=dtype, tile=tile,
+                               tile_batch=EXACT_BATCH if n is not None else None)
             outs.append(x)
         return [o.to(torch.float32).cpu() for o in outs]
 
     def run_stage(self, k: int, x_low: torch.Tensor | None, generators: Sequence[torch.Generator],
                   class_idx: torch.Tensor | None = None, *, dtype: torch.dtype = torch.float64,
-                  callback=None) -> torch.Tensor:
+                  callback=None, tile: int = 0, tile_batch: int | None = None) -> torch.Tensor:
         """Run stage ``k`` (0-based) for one batch: stage 1 from latents drawn from ``generators``,
-        a relay or super-resolution stage from ``x_low`` (its input resolution). Returns images
-        clamped to [-1, 1]. ``callback(i, σ_i, x_i, denoised_i)`` sees every sampler step."""
+        a relay or super-resolution stage from ``x_low`` (any size whose ×scale is a multiple of
+        :meth:`size_multiple`). Returns images clamped to [-1, 1]. ``callback(i, σ_i, x_i,
+        denoised_i)`` sees every sampler step. ``tile`` > 0 (relay and super-resolution
+        stages): the denoisers run in tiles, ``tile_batch`` tiles per call
+        (:class:`relaydiff.tiling.TiledDenoiser`)."""
         cfg, den = self.configs[k], self.denoisers[k]
         device = self.device
         labels = None
         if cfg.label_dim and class_idx is not None:
             labels = _stage.one_hot(class_idx, cfg.label_dim, device)
-        if cfg.kind != "edm" and (x_low is None or x_low.shape[-1] != cfg.input_resolution):
-            raise ValueError(f"stage {k + 1} ({cfg.kind}) upscales {cfg.input_resolution}px images; "
-                             "give low-resolution images of that size")
+        if cfg.kind != "edm":
+            if x_low is None or (x_low.shape[-1] * cfg.scale) % self.size_multiple(k):
+                raise ValueError(f"stage {k + 1} ({cfg.kind}) upscales images whose size ×{cfg.scale} "
+                                 f"is a multiple of {self.size_multiple(k)}; give low-resolution "
+                                 "images of such a size")
+            shape = (len(generators), cfg.channels, *(cfg.scale * d for d in x_low.shape[-2:]))
+        else:
+            shape = (len(generators), cfg.channels, cfg.resolution, cfg.resolution)
         guide = self.guides[str(k)] if str(k) in self.guides else None
+        if tile and cfg.kind != "edm":
+            align = self.size_multiple(k)
+            den = TiledDenoiser(den, tile, align=align, tile_batch=tile_batch)
+            guide = None if guide is None else TiledDenoiser(guide, tile, align=align,
+                                                             tile_batch=tile_batch)
         if cfg.kind == "sr":
             low = x_low.to(device=device, dtype=dtype)
             cond = noisy_condition(low, cfg.sr.scale, cfg.sr.sample_level, generators)
@@ -265,7 +366,6 @@ class RelayCascade(nn.Module):
         denoiser = self._guided(k, den, guide, labels)
         if cfg.kind in ("edm", "sr"):
             s = cfg.edm_sampler
-            shape = (len(generators), cfg.channels, cfg.resolution, cfg.resolution)
             latents = randn(shape, generators, device=device, dtype=dtype)
             x = edm_sample(denoiser, latents, karras_sigmas(s.steps, s.sigma_min, s.sigma_max, s.rho),
                            labels=labels, churn=s.churn, s_min=s.s_min, s_max=s.churn_max,
@@ -336,3 +436,10 @@ class RelayCascade(nn.Module):
                     "relay", res, net, channels, label_dim, relay=_stage.RelayConfig(scale=scale),
                     relay_sampler=_stage.RelaySamplerConfig(steps=4 * steps)))
         return cls(configs, [_stage.build_denoiser(c).eval() for c in configs])
+
+
+def _power_of(n: int, base: int) -> bool:
+    """Whether ``n`` is ``base^m`` for some ``m ≥ 0``."""
+    while n > 1 and n % base == 0:
+        n //= base
+    return n == 1

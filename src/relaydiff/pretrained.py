@@ -8,7 +8,10 @@ On disk::
 
 A folder is written atomically (a temporary sibling, then a rename), so an interrupted write
 never leaves a half-written cascade or damages the one it replaces. The packaged cascades live
-in ``relaydiff/pretrained/<name>`` and load by name; see docs/pretrained.md.
+in ``relaydiff/pretrained/<name>`` and load by name; see docs/pretrained.md. A packaged cascade
+may share stages with another packaged one: a stage entry ``"NAME/STAGE"`` is the stage folder
+``STAGE`` of the packaged cascade ``NAME`` (so ``fluent-emoji-3d-16to256`` ships only its third
+stage); entries never point outside the package.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from .version import __version__
 CASCADE_FORMAT = "relaydiff.cascade"
 CASCADE_FILE = "cascade.json"
 PRETRAINED = "fluent-emoji-3d-16to64"
+PRETRAINED_256 = "fluent-emoji-3d-16to256"  # PRETRAINED's two stages and a 64→256 relay stage
 
 
 def pretrained_path(name: str = PRETRAINED) -> Path:
@@ -54,15 +58,23 @@ GUIDE_FOLDER = "guide"
 def write_cascade(directory: str | Path, configs: Sequence[StageConfig],
                   denoisers: Sequence[nn.Module], training: Sequence[dict] | None = None,
                   guides: Sequence[tuple[StageConfig, nn.Module] | None] | None = None,
-                  dtype: torch.dtype | None = None) -> None:
+                  dtype: torch.dtype | None = None, shared: Sequence[str | None] | None = None
+                  ) -> None:
     """Write a cascade folder atomically; ``training`` is the optional record of how each stage
     was trained (images seen, device-hours, FLOPs per image, device), kept in ``cascade.json``;
     ``guides`` the optional guide network of each stage (autoguidance), kept as a stage folder
-    ``<stage>/guide/``; ``dtype`` the storage precision of the weights (None: as they are)."""
+    ``<stage>/guide/``; ``dtype`` the storage precision of the weights (None: as they are).
+    ``shared`` (packaged cascades): per stage, ``"NAME/STAGE"`` to refer to that stage of the
+    packaged cascade ``NAME`` instead of writing it (it must hold the same stage)."""
     guides = list(guides or [None] * len(configs))
+    shared = list(shared or [None] * len(configs))
     with atomic_folder(directory) as tmp:
         names = []
         for k, (cfg, den, guide) in enumerate(zip(configs, denoisers, guides, strict=True), 1):
+            if shared[k - 1] is not None:
+                names.append(shared[k - 1])
+                _stage_folder(tmp, names[-1])  # checks the reference
+                continue
             names.append(stage_name(k, cfg))
             save_stage(tmp / names[-1], cfg, den, dtype)
             if guide is not None:
@@ -81,6 +93,19 @@ def _meta(directory: Path) -> dict:
     return meta
 
 
+def _stage_folder(directory: Path, name: str) -> Path:
+    """The folder of stage entry ``name`` of the cascade in ``directory``: its own sub-folder, or
+    for ``"NAME/STAGE"`` that stage of the packaged cascade ``NAME`` (``ValueError`` otherwise)."""
+    parts = name.split("/")
+    if len(parts) == 1 and name not in ("", ".", ".."):
+        return directory / name
+    if len(parts) == 2 and all(p and p not in (".", "..") and "\\" not in p for p in parts):
+        if (pretrained_path(parts[0]) / CASCADE_FILE).is_file():
+            return pretrained_path(parts[0]) / parts[1]
+    raise ValueError(f"{directory / CASCADE_FILE}: stage entry {name!r} is neither a stage folder "
+                     "of this cascade nor NAME/STAGE of a packaged cascade")
+
+
 def read_cascade(directory: str | Path) -> tuple[list[StageConfig], list[nn.Module], list | None,
                                                 list]:
     """The stage configs, denoisers, training record (``None`` if absent) and guides (``None``
@@ -89,10 +114,11 @@ def read_cascade(directory: str | Path) -> tuple[list[StageConfig], list[nn.Modu
     meta = _meta(directory)
     configs, denoisers, guides = [], [], []
     for name in meta.get("stages", []):
-        cfg, den = load_stage(directory / name)
+        folder = _stage_folder(directory, name)
+        cfg, den = load_stage(folder)
         configs.append(cfg)
         denoisers.append(den)
-        guide = directory / name / GUIDE_FOLDER
+        guide = folder / GUIDE_FOLDER
         guides.append(load_stage(guide) if is_stage_folder(guide) else None)
     return configs, denoisers, meta.get("training"), guides
 
@@ -101,10 +127,13 @@ def cascade_fingerprint(directory: str | Path) -> str:
     """``sha256:…`` over the files of a cascade folder (or packaged name), names and contents:
     what an output folder records to tell the cascade that made it from any other."""
     directory = resolve(directory)
-    _meta(directory)
-    files = sorted(p for p in directory.rglob("*") if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(directory).parts))
-    return fingerprint((p.relative_to(directory).as_posix(), sha256_file(p).encode()) for p in files)
+    roots = {"": directory} | {name: _stage_folder(directory, name)
+                               for name in _meta(directory).get("stages", []) if "/" in name}
+    files = sorted(("/".join(filter(None, (label, p.relative_to(root).as_posix()))), p)
+                   for label, root in roots.items()
+                   for p in root.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    return fingerprint((name, sha256_file(p).encode()) for name, p in files)
 
 
 def read_training_record(directory: str | Path) -> list | None:

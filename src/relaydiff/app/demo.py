@@ -4,7 +4,8 @@ Phases, each resumable (a re-run skips what is done and continues what is not):
 
 1. data: fetch fluent-emoji-3d and build it at 64 and 16 pixels;
 2. the packaged cascade (trained beforehand, docs/pretrained.md) samples ``--samples`` seeds
-   with exact CPU sampling (the pixels ``relaydiff sample`` gives for those seeds);
+   with exact CPU sampling (the pixels ``relaydiff sample`` gives for those seeds), and the
+   packaged three-stage cascade one 256-px sample with its 64-px and 16-px ancestors;
 3. figures of the method from it: relay trajectories, block noise, the frequency SNR of the
    paper's Fig. 2, artifact correction;
 4. metrics of its samples and of the round-trip floor ``up(down(x))`` against the data, with a
@@ -39,9 +40,9 @@ from ..data.floors import data_images, evenly_spaced, write_images, write_round_
 from ..data.sources import default_dataset
 from ..io.files import cache_root, finite_or_none, write_json
 from ..io.images import image_grid, load_image, save_png, to_uint8
-from ..io.sample_folder import seed_path
+from ..io.sample_folder import seed_path, stage_folder
 from ..ops import downsample, upsample
-from ..pretrained import PRETRAINED, read_training_record
+from ..pretrained import PRETRAINED, PRETRAINED_256, read_training_record
 from ..sample_writer import write_samples, write_summary
 from ..training.export import cascade_from_snapshots
 from .demo_log import Clock, progress
@@ -66,6 +67,7 @@ class DemoSettings:
     seed: int = 0
     inception: str | None = None
     cascade: str | Path = PRETRAINED
+    three_stage: str | Path = PRETRAINED_256
 
 
 # ---------------------------------------------------------------------------- figures, metrics
@@ -139,6 +141,27 @@ def _artifact_correction(cascade: RelayCascade, data_root: Path,
     return Figure("figures/artifact_correction.png", caption), rows
 
 
+def _three_stages(settings: DemoSettings, figures: Path, clock: Clock) -> Section:
+    """One sample of the three-stage cascade: its 16-px and 64-px ancestors (nearest-upsampled)
+    beside the 256-px image (the pixels of ``relaydiff sample --cascade … --seeds S``)."""
+    cascade = RelayCascade.from_pretrained(settings.three_stage)
+    folder, seed = settings.out / "samples_256", settings.seed
+    with progress(clock, "sampling one 256-px image", lambda: _written(folder, [seed])):
+        write_samples(cascade, [seed], folder, all_stages=True, progress=False)
+    sizes = cascade.resolutions
+    images = [load_image(seed_path(stage_folder(folder, k, r), seed))
+              for k, r in enumerate(sizes[:-1])] + [load_image(seed_path(folder, seed))]
+    big = [upsample(torch.from_numpy(a).permute(2, 0, 1)[None], sizes[-1] // a.shape[0])[0]
+           .permute(1, 2, 0).numpy() for a in images]
+    save_png(image_grid(big, columns=len(big)), figures / "three_stages.png")
+    chain = " → ".join(f"{r} px" for r in sizes)
+    return Section("three-stages", "Three stages: 16 → 64 → 256",
+                   f"Seed {seed} of {settings.three_stage} ({chain}; docs/pretrained.md): the "
+                   "stage-1 sample and the first relay stage's output, nearest-upsampled, and the "
+                   "third stage's 256-px image, a relay stage trained on 64-px crops of the "
+                   "256-px renders.", [Figure("figures/three_stages.png", chain)])
+
+
 def _trained(stage: dict) -> str:
     """One stage's line of the packaged cascade's training record, with its guide's cost."""
     def cost(r: dict) -> str:
@@ -197,6 +220,7 @@ def run_demo(settings: DemoSettings) -> Path:
     with progress(clock, "sampling", lambda: _written(samples, seeds)):
         write_samples(packaged, seeds, samples, all_stages=True, progress=False)
     write_summary(packaged, seeds, samples)
+    three = _three_stages(settings, figures, clock)
 
     clock.log("3/6 figures: relay trajectories, block noise, frequency SNR, artifact correction")
     save_png(relay_trajectory(packaged, list(range(4)), stage=1), figures / "relay_trajectory.png")
@@ -234,6 +258,7 @@ def run_demo(settings: DemoSettings) -> Path:
                 f"--seeds 0-{n - 1}`.{provenance}",
                 [Figure("samples/stage1_16/grid.png", "stage 1, 16 px"),
                  Figure("samples/grid.png", "relay stage, 64 px")]),
+        three,
         Section("trajectories", "Relay trajectories", "Left to right: the 16 px stage-1 sample "
                 "(nearest-upsampled), the relay start up(x_low) + σ₀·n, intermediate states of "
                 "the relay sampler, the 64 px output (packaged cascade).",

@@ -31,3 +31,9 @@ def build_network(config: dict) -> nn.Module:
         return _REGISTRY[name](**kwargs)
     except TypeError as e:
         raise ValueError(f"network {name!r}: bad configuration {kwargs}: {e}") from None
+
+
+def size_multiple(model: nn.Module) -> int:
+    """The number that input heights and widths must be multiples of: ``2^(levels−1)`` for a
+    network with ``levels`` resolution levels (``1`` for networks without downsampling)."""
+    return 2 ** (getattr(model, "levels", 1) - 1)

@@ -93,6 +93,7 @@ class SongUNet(nn.Module):
                 raise ValueError(f"{name} {value!r} is unknown; use one of {', '.join(allowed)}")
         out_channels = in_channels if out_channels is None else out_channels
         self.img_resolution, self.in_channels, self.out_channels = img_resolution, in_channels, out_channels
+        self.levels = len(channel_mult)
         self.label_dim, self.label_dropout, self.augment_dim = label_dim, label_dropout, augment_dim
         emb_channels = model_channels * channel_mult_emb
         noise_channels = model_channels * channel_mult_noise

@@ -29,6 +29,12 @@ class DataConfig:
     ``up(down(x))`` are the fully blurred images the relay loss makes from them. Images that
     are not stored at the stage's resolution are refused unless ``resize`` is set (a relay
     stage trained on upsampled images learns to make blurry ones).
+
+    ``crop`` (relay and super-resolution stages): train on ``crop×crop`` windows of the images
+    (pixels at the stage's resolution; a multiple of the relay patch size and of the network's
+    downsampling), cut at patch-aligned positions drawn per image and epoch. The relay forward
+    process is local to each patch, so a window of a relay-noised image is the relay-noised
+    window (docs/train.md#crop-training).
     """
 
     path: str = ""
@@ -38,6 +44,7 @@ class DataConfig:
     limit: int | None = None
     workers: int = 0
     resize: bool = False
+    crop: int | None = None
 
 
 @dataclass
@@ -129,6 +136,7 @@ class TrainConfig:
     seeded with ``(seed, g)`` (results independent of the number of devices); ``"per_device"``
     uses one generator per device and micro-batch (faster on GPUs, still exactly resumable).
     ``precision``: ``fp32``, ``bf16`` or ``fp16`` autocast of the network (GPU only).
+    ``description``: free text for people (where the values come from); training ignores it.
     """
 
     stage: StageConfig
@@ -149,6 +157,7 @@ class TrainConfig:
     max_bad_steps: int = 100
     noise_rng: str = "per_sample"
     device: str | None = None
+    description: str = ""
 
     def __post_init__(self) -> None:
         if self.batch < 1 or self.total_images < 1:

@@ -34,6 +34,7 @@ from ..data import open_dataset
 from ..io.distributed import World, close_world, init_world
 from ..io.images import from_uint8, save_png
 from ..losses import EDMLoss, RelayLoss, SRLoss
+from ..networks import size_multiple
 from ..stage import build_denoiser, one_hot
 from .augment import augment
 from .checkpoint import (
@@ -52,7 +53,7 @@ from .events import Clock, LossWindow, Schedule, agreed_stop, stop_requests
 from .grids import sample_grid, stage_samples
 from .logging import RunLog, SigmaBands
 from .posthoc_ema import PowerEMA
-from .setup import check_resume, resolve_stage, wrong_resolution
+from .setup import check_crop, check_resume, resolve_stage, wrong_resolution
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SAMPLE_STREAM = 1  # seed-sequence stream of the per-sample generators
@@ -141,6 +142,7 @@ class Trainer:
                 f"stage.network.img_resolution is {net_res} but stage.resolution is "
                 f"{cfg.stage.resolution}; make them equal"
             )
+        check_crop(cfg, size_multiple(den.model))
         if cfg.augment.p > 0:
             want = cfg.augment.label_dim
             have = getattr(den.model, "augment_dim", 0)
@@ -171,7 +173,8 @@ class Trainer:
             self.cost = TrainingCost.from_dict(s["cost"])
             set_rng_state(s["rng"])
         if not self.cost.flops_per_image:
-            shape = (cfg.stage.channels, cfg.stage.resolution, cfg.stage.resolution)
+            side = cfg.data.crop or cfg.stage.resolution  # a crop costs its own pixels only
+            shape = (cfg.stage.channels, side, side)
             self.cost.flops_per_image = flops_per_image(
                 self.denoiser, self.loss_fn, shape, cfg.stage.label_dim, dev
             )
@@ -187,7 +190,8 @@ class Trainer:
 
     def _loader(self) -> torch.utils.data.DataLoader:
         cfg = self.config
-        data = GlobalSampleDataset(self.dataset, cfg.seed, cfg.data.xflip)
+        data = GlobalSampleDataset(self.dataset, cfg.seed, cfg.data.xflip, cfg.data.crop,
+                                   cfg.stage.scale or 1)
         batches = StepBatches(
             cfg.batch, self.per_device, self.world.rank, self.world.size, self.step, cfg.total_steps
         )

@@ -3,6 +3,7 @@ class labels, the images' resolution, settings that changed since the snapshot."
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from ..config import ConfigError
@@ -23,6 +24,7 @@ RESUMABLE_CHANGES = (
     "device",
     "max_bad_steps",
     "compile",
+    "description",
 )
 
 
@@ -73,3 +75,20 @@ def wrong_resolution(path: str, example: tuple[str, tuple[int, int]], stage: Sta
     return (f"{path}: {name} is {w}×{h}, but this {what} stage trains at {res}×{res}; make a copy "
             f"at that resolution with `relaydiff data build {path} --out DIR --resolution {res}"
             f"{also}` (then data.path=DIR), or set data.resize=true to resize while reading")
+
+
+def check_crop(config: TrainConfig, multiple: int) -> None:
+    """Refuse a ``data.crop`` that is not a patch-aligned window the network can run on: a stage
+    other than relay or super-resolution, larger than the stage's resolution, or not a multiple of
+    the patch size and of the network's downsampling ``multiple`` (one line naming the fix)."""
+    crop, stage = config.data.crop, config.stage
+    if crop is None:
+        return
+    if stage.scale is None:
+        raise ValueError(f"data.crop is {crop}, but crops are for relay and super-resolution stages "
+                         "(an EDM stage 1 generates whole images); remove data.crop")
+    need = math.lcm(stage.scale, multiple)
+    if crop < 1 or crop > stage.resolution or crop % need:
+        raise ValueError(f"data.crop is {crop}: it must be a multiple of {need} (the patch size "
+                         f"{stage.scale} and the network's downsampling {multiple}) and at most the "
+                         f"stage resolution {stage.resolution}")

@@ -123,6 +123,12 @@ common = [
     click.option("--fast", is_flag=True,
                  help="CPU: batches of --batch on all threads instead of the exact mode; pixels "
                       "then depend on --batch and the thread count (float rounding)."),
+    click.option("--to", "to", type=click.IntRange(min=1), default=None, metavar="SIZE",
+                 help="Output size in pixels: past the cascade's resolution its last stage is "
+                      "reused (×its scale each time) [default: the cascade's stages once]."),
+    click.option("--tile", default=0, show_default=True, type=click.IntRange(min=0), metavar="SIZE",
+                 help="Evaluate relay and super-resolution stages in SIZE×SIZE tiles (bounded "
+                      "memory, seamless); 0: untiled."),
     overwrite_option,
 ]
 
@@ -146,8 +152,8 @@ _with_common = with_options(common)
 @click.option("--guidance-interval", metavar="LO:HI", default=None,
               help="Guide only for σ in [LO, HI] (Kynkäänniemi et al. 2024), every stage.")
 @click.option("--all-stages", is_flag=True, help="Also write every lower stage's images.")
-def sample(cascade, toy, out, batch, device, fast, overwrite, seeds, class_idx, balanced, steps,
-           relay_steps, eta, guidance, guidance_interval, all_stages) -> None:
+def sample(cascade, toy, out, batch, device, fast, to, tile, overwrite, seeds, class_idx, balanced,
+           steps, relay_steps, eta, guidance, guidance_interval, all_stages) -> None:
     """Generate one PNG per seed (resumable: a re-run with the same cascade and settings skips
     the seeds already written and writes damaged files again).
 
@@ -160,7 +166,7 @@ def sample(cascade, toy, out, batch, device, fast, overwrite, seeds, class_idx, 
     source = _cascade_source(cascade, toy)
     settings = {"command": "sample", "--cascade": _cascade_identity(source), "--class": class_idx,
                 "--balanced": balanced, "--steps": steps, "--relay-steps": relay_steps, "--eta": eta,
-                "--guidance": guidance, "--guidance-interval": interval}
+                "--guidance": guidance, "--guidance-interval": interval, **_size_settings(to, tile)}
     replace = claim_out(out, overwrite, settings)
     from ...io.distributed import init_world
     from ...io.out_folder import filling_folder
@@ -174,17 +180,33 @@ def sample(cascade, toy, out, batch, device, fast, overwrite, seeds, class_idx, 
     if model.num_classes == 0 and (class_idx is not None or balanced):
         raise click.UsageError("--class/--balanced: this cascade is unconditional")
     _apply_overrides(model, steps, relay_steps, guidance, eta, interval)
+    _check_plan(model, None, to)
     world.barrier()  # every rank has claimed --out before rank 0 records the settings in it
     with filling_folder(out, replace=replace, settings=settings if world.is_main else None) as folder:
         world.barrier()
         new = write_samples(model, seed_list, folder, batch=batch, class_idx=class_idx,
                             balanced=balanced, all_stages=all_stages, rank=world.rank,
-                            world=world.size, batch_invariant=not fast)
+                            world=world.size, batch_invariant=not fast, to=to, tile=tile)
         world.barrier()
         if world.is_main:
-            write_summary(model, seed_list, folder, class_idx=class_idx, balanced=balanced)
+            write_summary(model, seed_list, folder, class_idx=class_idx, balanced=balanced, to=to)
     click.echo(f"{new} new image(s) in {out} ({len(seed_list) - new} already there)"
                if world.size == 1 else f"rank {world.rank}: {new} new image(s)")
+
+
+def _size_settings(to: int | None, tile: int) -> dict[str, int]:
+    """``--to`` and ``--tile`` as recorded settings, only when given (so folders written before
+    these options existed continue with the same settings)."""
+    return {k: v for k, v in (("--to", to), ("--tile", tile)) if v}
+
+
+def _check_plan(model, start: int | None, to: int | None) -> int:
+    """The final size of ``model.plan(start, to)``; a size it cannot make is a usage error of
+    ``--to`` (or of ``--input`` without ``--to``)."""
+    try:
+        return model.plan(start, to)[-1][1]
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--to" if to else "--input") from None
 
 
 def _output_paths(files: list[Path], input_dir: Path, out: Path) -> list[Path]:
@@ -210,14 +232,14 @@ def _output_paths(files: list[Path], input_dir: Path, out: Path) -> list[Path]:
 
 
 def _upscale_settings(source: str | Path | None, files: list[Path], input_dir: Path, seed: int,
-                      input_noise: float) -> dict[str, Any]:
+                      input_noise: float, to: int | None, tile: int) -> dict[str, Any]:
     """What determines the outputs of ``upscale``: recorded in --out, so that a re-run with the
     same settings completes the folder and one with other settings is refused."""
     from ...io.files import fingerprint
 
     inputs = fingerprint((f.relative_to(input_dir).as_posix(), f.read_bytes()) for f in files)
     return {"command": "upscale", "--cascade": _cascade_identity(source), "--input": inputs,
-            "--seed": seed, "--input-noise": input_noise}
+            "--seed": seed, "--input-noise": input_noise, **_size_settings(to, tile)}
 
 
 @click.command()
@@ -228,7 +250,8 @@ def _upscale_settings(source: str | Path | None, files: list[Path], input_dir: P
               help="Seed of the first image (then +1 each).")
 @click.option("--input-noise", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Add Gaussian noise of this scale (in [-1, 1] units) to the inputs first.")
-def upscale(cascade, toy, out, batch, device, fast, overwrite, input_dir, seed, input_noise) -> None:
+def upscale(cascade, toy, out, batch, device, fast, to, tile, overwrite, input_dir, seed,
+            input_noise) -> None:
     """Relay your own images through the stages above their resolution (a re-run with the same
     settings writes only the missing outputs)."""
     from ...io.images import list_images
@@ -243,7 +266,7 @@ def upscale(cascade, toy, out, batch, device, fast, overwrite, input_dir, seed, 
     targets = _output_paths(files, input_dir, out)
     _check_seeds([seed + len(files) - 1], "--seed")  # the last image's seed
     source = _cascade_source(cascade, toy)
-    settings = _upscale_settings(source, files, input_dir, seed, input_noise)
+    settings = _upscale_settings(source, files, input_dir, seed, input_noise, to, tile)
     replace = claim_out(out, overwrite, settings)
     import numpy as np
     import torch
@@ -261,13 +284,16 @@ def upscale(cascade, toy, out, batch, device, fast, overwrite, input_dir, seed, 
                                  "resize them to one size first", param_hint="--input")
     model = _load_cascade(source, check_device(device))
     low = from_uint8(np.stack(arrays))
-    model.stage_after(low[:1])
+    if low.shape[-1] != low.shape[-2]:
+        raise click.BadParameter(f"{input_dir}: images are {low.shape[-1]}×{low.shape[-2]}; the "
+                                 "stages take square images: crop them first", param_hint="--input")
+    size = _check_plan(model, low.shape[-1], to)
     seeds = [seed + k for k in range(len(files))]
     if input_noise > 0:  # each image's noise depends on its seed only
         gens = [torch.Generator().manual_seed(s + INPUT_NOISE_STREAM) for s in seeds]
         low = low + input_noise * randn(low.shape, gens)
     with filling_folder(out, replace=replace, settings=settings) as folder:
         new = write_upscaled(model, low, seeds, [folder / t.relative_to(out) for t in targets],
-                             batch=batch, batch_invariant=not fast)
-    click.echo(f"{new} image(s) upscaled to {model.resolutions[-1]}px in {out} "
+                             batch=batch, batch_invariant=not fast, to=to, tile=tile)
+    click.echo(f"{new} image(s) upscaled to {size}px in {out} "
                f"({len(files) - new} already there)")

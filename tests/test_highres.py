@@ -1,0 +1,170 @@
+"""High resolution from a cascade: stages at any size, the last stage reused past the cascade's
+resolution (``to``), tiled evaluation (``tile``) from the library and the command line, and
+packaged cascades that share stages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from cli_helpers import one_line, run_cli
+from PIL import Image
+
+from relaydiff import RelayCascade
+from relaydiff.io.files import read_json, write_json
+from relaydiff.ops import upsample
+from relaydiff.pretrained import cascade_fingerprint, read_cascade, write_cascade
+from relaydiff.stage import RelayConfig, RelaySamplerConfig, StageConfig, build_denoiser
+
+
+def unet_relay_cascade() -> RelayCascade:
+    """A toy stage 1 at 8 px and a relay stage ×4 whose UNet downsamples by 8 (four levels)."""
+    torch.manual_seed(0)
+    toy = RelayCascade.toy((8, 32))
+    net = {"name": "unet", "img_resolution": 32, "model_channels": 8, "channel_mult": [1, 1, 1, 1],
+           "num_blocks": 1, "attn_resolutions": []}
+    relay = StageConfig("relay", 32, net, relay=RelayConfig(scale=4),
+                        relay_sampler=RelaySamplerConfig(steps=6))
+    return RelayCascade([toy.configs[0], relay], [toy.denoisers[0], build_denoiser(relay).eval()])
+
+
+def test_plan_reuses_the_last_stage_and_names_reachable_sizes():
+    c = RelayCascade.toy((16, 64))
+    assert c.plan() == [(0, 16), (1, 64)]
+    assert c.plan(None, 1024) == [(0, 16), (1, 64), (1, 256), (1, 1024)]
+    assert c.plan(None, 16) == [(0, 16)]
+    assert c.plan(16) == [(1, 64)]
+    assert c.plan(64, 1024) == [(1, 256), (1, 1024)]
+    assert c.plan(128, 512) == [(1, 512)]  # no stage starts at 128 px: the last one, reused
+    with pytest.raises(ValueError, match=r"size 1000 is not reachable from seeds .*×4 reused.*"
+                                         r"reachable sizes: 16, 64, 256, 1024, 4096"):
+        c.plan(None, 1000)
+    with pytest.raises(ValueError, match=r"not reachable from 64px images.*: 256, 1024"):
+        c.plan(64, 100)
+    with pytest.raises(ValueError, match="no stage starts from 32px"):
+        c.plan(32)
+
+
+def test_a_size_the_network_cannot_run_at_is_refused_in_one_line():
+    c = unet_relay_cascade()
+    assert c.size_multiple(1) == 8
+    assert c.plan(8, 128) == [(1, 32), (1, 128)]
+    with pytest.raises(ValueError, match=r"stage 2 cannot make 36px images: its sizes are multiples of 8"):
+        c.plan(9, 36)
+
+
+def test_a_relay_stage_runs_at_sizes_it_was_not_trained_at():
+    """The 32-px relay stage relays 16-px images to 64 px; where its UNet's receptive field sees
+    only the image, each quadrant of a 2×2 mosaic of inputs gives what the input alone gives."""
+    c = unet_relay_cascade()
+    low = c(seeds=[0], dtype=torch.float64)[0]
+    out = c(seeds=[0], low_res=low, to=32, dtype=torch.float64)[-1]
+    assert out.shape == (1, 3, 32, 32)
+    big = c(seeds=[0], low_res=upsample(low, 2), dtype=torch.float64, to=64)[-1]
+    assert big.shape == (1, 3, 64, 64) and torch.isfinite(big).all()
+    assert not torch.equal(big[..., :32, :32], out)  # a new image, not a copy
+
+
+def test_tiled_sampling_equals_untiled_when_the_receptive_field_fits_the_halo():
+    """The toy network sees 3 pixels around each output pixel and has no normalisation: with a
+    halo of ≥ 6 pixels the tiles are exact, and the noise (drawn on the whole image from each
+    seed) does not depend on the tile size."""
+    c = RelayCascade.toy((16, 64))
+    untiled = c(seeds=[3, 4], to=256, dtype=torch.float64)
+    for tile in (64, 96):
+        tiled = c(seeds=[3, 4], to=256, dtype=torch.float64, tile=tile)
+        for a, b in zip(untiled, tiled, strict=True):
+            assert (a - b).abs().max() < 1e-12
+    alone = c(seeds=[4], to=256, dtype=torch.float64, tile=96)[-1]
+    assert torch.equal(alone[0], c(seeds=[3, 4], to=256, dtype=torch.float64, tile=96)[-1][1])
+
+
+def test_exact_mode_drops_group_padding_before_tiled_stages(monkeypatch):
+    """One seed in exact mode: stage 1 sees a padded group of 8, the tiled stages the real image
+    only (each network call then holds exactly 8 tiles)."""
+    c = RelayCascade.toy((16, 64))
+    batches = []
+    real_forward = c.denoisers[1].forward
+    monkeypatch.setattr(c.denoisers[1], "forward",
+                        lambda x, *a, **k: batches.append(x.shape) or real_forward(x, *a, **k))
+    c(seeds=[5], to=256, tile=64)
+    assert batches and all(s[0] == 8 for s in batches)
+    tiles_per_image = {s[-1] for s in batches}
+    assert tiles_per_image <= {64, 64 + 2 * 8}
+
+
+def test_sample_and_upscale_to_a_size_tiled_from_the_command_line(tmp_path, capsys):
+    out, big = tmp_path / "s", tmp_path / "big"
+    code, _, err = run_cli("sample", "--toy", "--seeds", "0-1", "--to", "256", "--tile", "64",
+                           "--all-stages", "--out", out, capsys=capsys)
+    assert code == 0, err
+    assert Image.open(out / "000000" / "000001.png").size == (256, 256)
+    assert Image.open(out / "stage2_64" / "000000" / "000001.png").size == (64, 64)
+    assert read_json(out / "labels.json")["resolutions"] == [16, 64, 256]
+    code, _, err = run_cli("upscale", "--toy", "--input", out / "000000", "--to", "1024",
+                           "--tile", "128", "--out", big, capsys=capsys)
+    assert code == 0, err
+    assert Image.open(big / "000001.png").size == (1024, 1024)
+    one_line(run_cli("sample", "--toy", "--seeds", "0", "--to", "1000", "--out", tmp_path / "x",
+                     capsys=capsys), "--to")
+    one_line(run_cli("upscale", "--toy", "--input", out / "000000", "--to", "300",
+                     "--out", tmp_path / "y", capsys=capsys), "reachable sizes: 1024, 4096")
+    one_line(run_cli("upscale", "--toy", "--input", out / "000000", "--out", tmp_path / "z",
+                     capsys=capsys), "no stage starts from 256px")
+
+
+def test_tile_zero_is_untiled_and_the_tile_is_a_recorded_setting(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_cli("sample", "--toy", "--seeds", "2", "--to", "256", "--out", a, capsys=capsys)[0] == 0
+    assert run_cli("sample", "--toy", "--seeds", "2", "--to", "256", "--tile", "0", "--out", b,
+                   capsys=capsys)[0] == 0
+    png = "000000/000002.png"
+    assert np.array_equal(np.asarray(Image.open(a / png)), np.asarray(Image.open(b / png)))
+    one_line(run_cli("sample", "--toy", "--seeds", "2", "--to", "256", "--tile", "64", "--out", a,
+                     capsys=capsys), "--tile")
+
+
+def test_a_packaged_cascade_may_share_stages_with_another(tmp_path, monkeypatch):
+    """``NAME/STAGE`` entries load that packaged cascade's stage; the fingerprint covers its
+    files; entries pointing anywhere else are refused."""
+    import relaydiff.pretrained as pretrained
+
+    monkeypatch.setattr(pretrained, "pretrained_path", lambda name="base": tmp_path / "pkg" / name)
+    base = RelayCascade.toy((16, 64))
+    base.save_pretrained(tmp_path / "pkg" / "base")
+    names = read_json(tmp_path / "pkg" / "base" / "cascade.json")["stages"]
+    ext = tmp_path / "ext"
+    torch.manual_seed(1)
+    top = RelayCascade.toy((16, 64, 128))
+    write_cascade(ext, top.configs, top.denoisers, shared=[f"base/{n}" for n in names] + [None])
+    assert read_json(ext / "cascade.json")["stages"][:2] == [f"base/{n}" for n in names]
+    assert sorted(p.name for p in ext.iterdir()) == ["cascade.json", "stage3_relay_128"]
+    loaded = RelayCascade.from_pretrained(ext)
+    assert loaded.resolutions == [16, 64, 128]
+    for k, source in ((0, base), (1, base), (2, top)):
+        for p, q in zip(loaded.denoisers[k].parameters(), source.denoisers[k].parameters(), strict=True):
+            assert torch.equal(p, q)
+    before = cascade_fingerprint(ext)
+    weights = tmp_path / "pkg" / "base" / names[1] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b" ")
+    assert cascade_fingerprint(ext) != before
+    for bad in (f"../base/{names[0]}", f"/etc/{names[0]}", "no-such-cascade/x", "base/x/y"):
+        write_json({"format": "relaydiff.cascade", "version": 1, "stages": [bad]},
+                   ext / "cascade.json")
+        with pytest.raises(ValueError, match="neither a stage folder of this cascade nor NAME/STAGE"):
+            read_cascade(ext)
+
+
+def test_exact_mode_tiles_groups_in_parallel_threads_without_mixing_their_statistics():
+    """Two groups of 8 seeds on two threads tile the same GroupNorm network at once; each
+    image equals the one sampled alone (each thread routes the network's GroupNorms through its
+    own statistics)."""
+    c = unet_relay_cascade()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        together = c(seeds=list(range(16)), to=128, tile=32)[-1]
+    finally:
+        torch.set_num_threads(threads)
+    for s in (0, 9, 15):
+        assert torch.equal(together[s], c(seeds=[s], to=128, tile=32)[-1][0])
