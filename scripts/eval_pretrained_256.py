@@ -43,7 +43,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=None, help="default: the data set size")
     parser.add_argument("--images-only", action="store_true",
                         help="stop after writing the images (the metrics come from a later run)")
+    parser.add_argument("--part", default="0/1", metavar="K/M",
+                        help="with --images-only: relay only the chunks k ≡ K mod M (run M of them)")
     args = parser.parse_args()
+    part, parts = (int(v) for v in args.part.split("/"))
 
     data = default_dataset((256, 64, 16))
     n_data = len(open_dataset(data / "256", resolution=256))
@@ -52,7 +55,7 @@ def main() -> None:
     three = RelayCascade.from_pretrained("fluent-emoji-3d-16to256")
     low_dir, high_dir, bic_dir = (args.out / name for name in ("samples64", "samples256", "bicubic"))
     write_samples(two, seeds, low_dir, batch=16, batch_invariant=False)
-    for start in range(0, len(seeds), CHUNK):
+    for start in range(part * CHUNK, len(seeds), parts * CHUNK):
         chunk = seeds[start:start + CHUNK]
         low = from_uint8(np.stack([load_image(seed_path(low_dir, s)) for s in chunk]))
         write_upscaled(three, low, chunk, [seed_path(high_dir, s) for s in chunk], batch=16,

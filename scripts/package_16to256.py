@@ -8,6 +8,7 @@ stage from a training run (its newest snapshot's EMA weights), written into the 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from relaydiff.cascade import RelayCascade
 from relaydiff.io.files import read_json
@@ -28,6 +29,7 @@ def main() -> None:
     stages = read_json(pretrained_path(PRETRAINED) / CASCADE_FILE)["stages"]
     config, denoiser, record = load_stage_source(args.run)
     config.relay_sampler.steps = args.relay_steps
+    record["source"] = str(Path(record["source"]).relative_to(Path(args.run).resolve().parent))
     guides = [(base.guide_configs[k], base.guides[str(k)]) if k in base.guide_configs else None
               for k in range(len(base.configs))] + [None]
     write_cascade(pretrained_path(NAME), [*base.configs, config], [*base.denoisers, denoiser],
