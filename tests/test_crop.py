@@ -239,6 +239,16 @@ def test_bad_crop_is_refused_in_one_line(tmp_path, noise32, capsys, name, kind, 
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_crop_is_refused_for_the_official_variant(tmp_path, noise32, capsys):
+    """The official block noise wraps around the image's edges: crops would not be windows."""
+    cfg = config_dict(noise32, kind="relay", res=RES, network=toy_network(), data={"path": str(noise32)})
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(cfg))
+    one_line(run_cli("train", path, "--set", "data.crop=16", "--set", "stage.relay.variant=official",
+                     "--out", tmp_path / "run", "--no-progress", capsys=capsys), "relay.variant 'official'")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 # ------------------------------------------------------------------ resume
 def snapshot_tensors(path: Path) -> dict[str, torch.Tensor]:
     """Model, EMA and optimizer tensors of a snapshot folder."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-SECTIONS = ["samples", "trajectories", "metrics", "snr", "block-noise", "artifacts", "training"]
+SECTIONS = ["samples", "three-stages", "trajectories", "metrics", "snr", "block-noise", "artifacts", "training"]
 
 
 class _Report(html.parser.HTMLParser):
@@ -86,6 +86,12 @@ def test_smoke_report_has_every_section_and_valid_images(smoke):
         assert im.size == (64, 64)
     with Image.open(smoke.out / "samples" / "stage1_16" / "000000" / "000000.png") as im:
         assert im.size == (16, 16)
+    for folder, size in (("samples_256", 256), ("samples_256/stage2_64", 64),
+                         ("samples_256/stage1_16", 16)):
+        with Image.open(smoke.out / folder / "000000" / "000000.png") as im:
+            assert im.size == (size, size)
+    with Image.open(smoke.out / "figures" / "three_stages.png") as im:
+        assert im.size[0] >= 3 * 256 and im.size[1] >= 256
 
 
 def test_smoke_metrics_are_finite_numbers(smoke):

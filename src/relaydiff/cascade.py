@@ -344,7 +344,11 @@ class RelayCascade(nn.Module):
         if cfg.label_dim and class_idx is not None:
             labels = _stage.one_hot(class_idx, cfg.label_dim, device)
         if cfg.kind != "edm":
-            if x_low is None or (x_low.shape[-1] * cfg.scale) % self.size_multiple(k):
+            if x_low is None:
+                raise ValueError(f"stage {k + 1} ({cfg.kind}) upscales {cfg.input_resolution}px "
+                                 "images (or others whose size it can run at); give low-resolution "
+                                 "images")
+            if (x_low.shape[-1] * cfg.scale) % self.size_multiple(k):
                 raise ValueError(f"stage {k + 1} ({cfg.kind}) upscales images whose size ×{cfg.scale} "
                                  f"is a multiple of {self.size_multiple(k)}; give low-resolution "
                                  "images of such a size")

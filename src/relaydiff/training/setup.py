@@ -80,13 +80,18 @@ def wrong_resolution(path: str, example: tuple[str, tuple[int, int]], stage: Sta
 def check_crop(config: TrainConfig, multiple: int) -> None:
     """Refuse a ``data.crop`` that is not a patch-aligned window the network can run on: a stage
     other than relay or super-resolution, larger than the stage's resolution, or not a multiple of
-    the patch size and of the network's downsampling ``multiple`` (one line naming the fix)."""
+    the patch size and of the network's downsampling ``multiple``, or on the official relay
+    variant (its block noise wraps around the image) (one line naming the fix)."""
     crop, stage = config.data.crop, config.stage
     if crop is None:
         return
     if stage.scale is None:
         raise ValueError(f"data.crop is {crop}, but crops are for relay and super-resolution stages "
                          "(an EDM stage 1 generates whole images); remove data.crop")
+    if stage.relay is not None and stage.relay.variant == "official":
+        raise ValueError(f"data.crop is {crop}, but relay.variant 'official' draws box-filter block "
+                         "noise that wraps around the image's edges, so a crop's noise is not a "
+                         "window of the image's; use relay.variant 'trapezoidal' or remove data.crop")
     need = math.lcm(stage.scale, multiple)
     if crop < 1 or crop > stage.resolution or crop % need:
         raise ValueError(f"data.crop is {crop}: it must be a multiple of {need} (the patch size "
