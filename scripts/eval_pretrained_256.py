@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -76,10 +77,10 @@ def main() -> None:
 
     rows = []
     for res_px, name, folder, reference in (
-            (256, "three-stage cascade (64→256 relay)", high_dir, ref),
-            (256, "same 64-px samples, bicubic ×4", bic_dir, ref),
+            (256, "three-stage cascade (64→256 relay)", subset(high_dir, seeds, args.out), ref),
+            (256, "same 64-px samples, bicubic ×4", subset(bic_dir, seeds, args.out), ref),
             (256, "data up(down(x)) 64→256, the floor", args.out / "floor", ref),
-            (64, "two-stage cascade (its 64-px samples)", low_dir, ref64),
+            (64, "two-stage cascade (its 64-px samples)", subset(low_dir, seeds, args.out), ref64),
             (64, "data up(down(x)) 16→64, the floor", args.out / "floor64", ref64)):
         res = evaluate(folder, reference, METRICS)
         rows.append({"resolution": res_px, "images": name, "n": res["n_images"],
@@ -88,6 +89,18 @@ def main() -> None:
                                "relay_steps": three.configs[-1].relay_sampler.steps, "rows": rows}),
                args.out / "results.json")
     print(json.dumps(rows, indent=1))
+
+
+def subset(folder: Path, seeds: list[int], out: Path) -> Path:
+    """The images of ``seeds`` in ``folder`` (hard links in ``out/subsets/``), so that every set
+    is measured on the same seeds whatever else ``folder`` holds."""
+    target = out / "subsets" / f"{folder.name}-{seeds[0]}-{seeds[-1]}"
+    for s in seeds:
+        link = seed_path(target, s)
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.link(seed_path(folder, s), link)
+    return target
 
 
 if __name__ == "__main__":

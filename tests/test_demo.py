@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-SECTIONS = ["samples", "three-stages", "trajectories", "metrics", "snr", "block-noise", "artifacts", "training"]
+SECTIONS = ["samples", "three-stages", "trajectories", "metrics", "snr", "block-noise", "artifacts",
+            "training"]
 
 
 class _Report(html.parser.HTMLParser):

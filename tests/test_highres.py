@@ -101,10 +101,12 @@ def test_sample_and_upscale_to_a_size_tiled_from_the_command_line(tmp_path, caps
     assert Image.open(out / "000000" / "000001.png").size == (256, 256)
     assert Image.open(out / "stage2_64" / "000000" / "000001.png").size == (64, 64)
     assert read_json(out / "labels.json")["resolutions"] == [16, 64, 256]
-    code, _, err = run_cli("upscale", "--toy", "--input", out / "000000", "--to", "1024",
-                           "--tile", "128", "--out", big, capsys=capsys)
+    code, _, err = run_cli("upscale", "--toy", "--input", out, "--to", "1024",  # a sample folder:
+                           "--tile", "128", "--out", big, capsys=capsys)  # its samples only
     assert code == 0, err
-    assert Image.open(big / "000001.png").size == (1024, 1024)
+    assert sorted(p.relative_to(big).as_posix() for p in big.rglob("*.png")) == [
+        "000000/000000.png", "000000/000001.png"]
+    assert Image.open(big / "000000" / "000001.png").size == (1024, 1024)
     one_line(run_cli("sample", "--toy", "--seeds", "0", "--to", "1000", "--out", tmp_path / "x",
                      capsys=capsys), "--to")
     one_line(run_cli("upscale", "--toy", "--input", out / "000000", "--to", "300",

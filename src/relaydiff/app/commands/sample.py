@@ -245,7 +245,8 @@ def _upscale_settings(source: str | Path | None, files: list[Path], input_dir: P
 @click.command()
 @_with_common
 @click.option("--input", "input_dir", required=True, type=click.Path(path_type=Path),
-              help="Folder of low-resolution images (all the same size).")
+              help="Folder of low-resolution images (all the same size), or a `relaydiff sample` "
+                   "folder (its samples: not its grid or lower stages).")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seed of the first image (then +1 each).")
 @click.option("--input-noise", default=0.0, show_default=True, type=click.FloatRange(min=0),
@@ -255,10 +256,12 @@ def upscale(cascade, toy, out, batch, device, fast, to, tile, overwrite, input_d
     """Relay your own images through the stages above their resolution (a re-run with the same
     settings writes only the missing outputs)."""
     from ...io.images import list_images
+    from ...io.sample_folder import sample_files
 
     _check_seeds([seed], "--seed")
-    try:
-        files = list_images(input_dir)
+    try:  # a `relaydiff sample` folder: its samples, not its grids or lower stages
+        files = sample_files(input_dir) if input_dir.is_dir() else None
+        files = list_images(input_dir) if files is None else files
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--input") from None
     if not files:
