@@ -17,7 +17,7 @@ import torch
 from cli_helpers import one_line, run_cli
 from PIL import Image
 from safetensors.torch import load_file
-from training_helpers import config_dict, tiny_unet, toy_network
+from training_helpers import config_dict, one_thread, tiny_unet, toy_network  # noqa: F401 (autouse)
 
 import relaydiff.losses
 from relaydiff.data import flip_decision
@@ -34,13 +34,6 @@ CONFIGS = Path(__file__).parents[1] / "configs"
 RES, CROP, P = 32, 16, 4  # stage resolution, crop and relay patch size of the tiny runs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks run fastest on one thread (and leave the other cores alone)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

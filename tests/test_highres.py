@@ -170,3 +170,23 @@ def test_exact_mode_tiles_groups_in_parallel_threads_without_mixing_their_statis
         torch.set_num_threads(threads)
     for s in (0, 9, 15):
         assert torch.equal(together[s], c(seeds=[s], to=128, tile=32)[-1][0])
+
+
+def test_upscale_your_own_jpegs_of_an_odd_size_to_a_reachable_size(tmp_path, capsys):
+    """A folder as a user has it: 40×40 JPEGs (no stage starts at 40 px) beside a text file;
+    ``--to 160`` relays them with the last stage, and names stay the user's."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("cat.jpg", "dog.JPG"):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(photos / name, quality=85)
+    (photos / "notes.txt").write_text("mine")
+    out = tmp_path / "big"
+    code, _, err = run_cli("upscale", "--toy", "--input", photos, "--to", "160", "--out", out,
+                           capsys=capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.glob("*.png")) == ["cat.png", "dog.png"]
+    assert Image.open(out / "cat.png").size == (160, 160)
+    assert (photos / "notes.txt").read_text() == "mine"
+    one_line(run_cli("upscale", "--toy", "--input", photos, "--out", tmp_path / "x", capsys=capsys),
+             "no stage starts from 40px")

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from training_helpers import one_thread  # noqa: F401 (autouse: one thread)
 
 from relaydiff.networks import build_network
 from relaydiff.precond import EDMPrecond
@@ -22,15 +23,6 @@ from relaydiff.tiling import TiledDenoiser
 UNET = {"name": "unet", "img_resolution": 32, "model_channels": 8, "channel_mult": [1, 2],
         "num_blocks": 1, "attn_resolutions": []}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks run fastest on one thread (and leave the other cores alone); the exact CPU
-    mode that ``tile_batch`` serves runs on one thread too."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class Float64Denoiser(nn.Module):

@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from training_helpers import config_dict, image_folder, make_config, tiny_unet
+from training_helpers import config_dict, image_folder, make_config, one_thread, tiny_unet  # noqa: F401
 
 from relaydiff.app.cli import main
 from relaydiff.cascade import RelayCascade
@@ -33,15 +33,6 @@ from relaydiff.training.data import GlobalSampleDataset, StepBatches
 from relaydiff.training.ema import EMA, ema_beta
 from relaydiff.training.events import Every, Schedule
 from relaydiff.training.loop import Trainer, make_loss, train
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks run fastest on one thread (and leave the other core to the rest)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def run_cli(*args: str, capsys) -> tuple[int, str, str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 from relaydiff.training.config import TrainConfig
@@ -91,3 +93,13 @@ def posthoc_config(images: Path, total: int) -> TrainConfig:
                                                          "posthoc_sigma_rels": [0.05, 0.10],
                                                          "posthoc_every_images": 8},
                        checkpoint={"every_images": 16, "keep": 5})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks run fastest on one thread (and leave the other cores alone); a module
+    that imports this fixture runs on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
