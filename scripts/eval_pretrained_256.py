@@ -15,6 +15,7 @@ samples and statistics are reused.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -86,7 +87,8 @@ def main() -> None:
         rows.append({"resolution": res_px, "images": name, "n": res["n_images"],
                      "reference": n_data, **{k: res[k] for k in KEYS}})
     write_json(finite_or_none({"seeds": [seeds[0], seeds[-1]], "threads": torch.get_num_threads(),
-                               "relay_steps": three.configs[-1].relay_sampler.steps, "rows": rows}),
+                               "relay_sampler": dataclasses.asdict(three.configs[-1].relay_sampler),
+                               "rows": rows}),
                args.out / "results.json")
     print(json.dumps(rows, indent=1))
 

@@ -21,14 +21,18 @@ NAME = PRETRAINED_256
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="the 64→256 relay stage's run (or snapshot) folder")
-    parser.add_argument("--relay-steps", type=int, default=10,
-                        help="the third stage's Karras grid (10: 4 Heun steps below σ 0.9, 7 "
-                             "evaluations per image)")
+    parser.add_argument("--relay-steps", type=int, default=4,
+                        help="points of the third stage's Karras grid (with --relay-trunc 0.9: "
+                             "σ 0.74 → 0.008 → 0, one Heun step and 3 evaluations per image; "
+                             "chosen by scripts/sweep_pretrained_256.py)")
+    parser.add_argument("--relay-trunc", type=float, default=0.9,
+                        help="the grid starts at its first σ at or below this")
     args = parser.parse_args()
     base = RelayCascade.from_pretrained(PRETRAINED)
     stages = read_json(pretrained_path(PRETRAINED) / CASCADE_FILE)["stages"]
     config, denoiser, record = load_stage_source(args.run)
     config.relay_sampler.steps = args.relay_steps
+    config.relay_sampler.sigma_trunc = args.relay_trunc
     record["source"] = str(Path(record["source"]).relative_to(Path(args.run).resolve().parent))
     guides = [(base.guide_configs[k], base.guides[str(k)]) if k in base.guide_configs else None
               for k in range(len(base.configs))] + [None]

@@ -4,6 +4,9 @@ packaged cascades that share stages."""
 
 from __future__ import annotations
 
+import gc
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +17,10 @@ from relaydiff import RelayCascade
 from relaydiff.io.files import read_json, write_json
 from relaydiff.ops import upsample
 from relaydiff.pretrained import cascade_fingerprint, read_cascade, write_cascade
+from relaydiff.samplers import relay_sample
+from relaydiff.schedules import RelaySchedule, karras_sigmas
 from relaydiff.stage import RelayConfig, RelaySamplerConfig, StageConfig, build_denoiser
+from relaydiff.tiling import TiledDenoiser
 
 
 def unet_relay_cascade() -> RelayCascade:
@@ -67,11 +73,11 @@ def test_a_relay_stage_runs_at_sizes_it_was_not_trained_at():
 
 def test_tiled_sampling_equals_untiled_when_the_receptive_field_fits_the_halo():
     """The toy network sees 3 pixels around each output pixel and has no normalisation: with a
-    halo of ≥ 6 pixels the tiles are exact, and the noise (drawn on the whole image from each
-    seed) does not depend on the tile size."""
+    halo of ≥ 6 pixels (the default for tiles of ≥ 96) the tiles are exact, and the noise
+    (drawn on the whole image from each seed) does not depend on the tile size."""
     c = RelayCascade.toy((16, 64))
     untiled = c(seeds=[3, 4], to=256, dtype=torch.float64)
-    for tile in (64, 96):
+    for tile in (96, 128):
         tiled = c(seeds=[3, 4], to=256, dtype=torch.float64, tile=tile)
         for a, b in zip(untiled, tiled, strict=True):
             assert (a - b).abs().max() < 1e-12
@@ -89,8 +95,8 @@ def test_exact_mode_drops_group_padding_before_tiled_stages(monkeypatch):
                         lambda x, *a, **k: batches.append(x.shape) or real_forward(x, *a, **k))
     c(seeds=[5], to=256, tile=64)
     assert batches and all(s[0] == 8 for s in batches)
-    tiles_per_image = {s[-1] for s in batches}
-    assert tiles_per_image <= {64, 64 + 2 * 8}
+    halo = TiledDenoiser(c.denoisers[1], 64, align=c.size_multiple(1)).halo
+    assert {s[-1] for s in batches} <= {64, 64 + 2 * halo}
 
 
 def test_sample_and_upscale_to_a_size_tiled_from_the_command_line(tmp_path, capsys):
@@ -190,3 +196,46 @@ def test_upscale_your_own_jpegs_of_an_odd_size_to_a_reachable_size(tmp_path, cap
     assert (photos / "notes.txt").read_text() == "mine"
     one_line(run_cli("upscale", "--toy", "--input", photos, "--out", tmp_path / "x", capsys=capsys),
              "no stage starts from 40px")
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_relay_sampler_keeps_few_image_sized_buffers(order):
+    """At large sizes every image-sized buffer costs (100 MB per float64 image at 2048 px): while
+    the network runs, the relay sampler keeps alive only its start state, its current state (or,
+    in a corrector, ``γ·x + noise``, ``L(D(x))`` and the corrector's input), nothing else."""
+    shape = (1, 3, 32, 32)
+    most = []
+
+    def denoiser(x, sigma, labels):
+        with warnings.catch_warnings():  # isinstance on torch's deprecated aliases warns
+            warnings.simplefilter("ignore", FutureWarning)
+            live = {t.untyped_storage().data_ptr() for t in gc.get_objects()
+                    if isinstance(t, torch.Tensor) and t.shape == shape}
+        most.append(len(live))
+        return x * 0.5
+
+    gens = [torch.Generator().manual_seed(0)]
+    sigmas = karras_sigmas(10, 0.008, 80.0, 7.0, truncate=0.9)
+    x_start = torch.randn(shape, dtype=torch.float64)
+    relay_sample(denoiser, x_start, sigmas, RelaySchedule(0.93, 3.0), 4, eta=0.2, order=order, generator=gens)
+    assert max(most) <= (4 if order == 2 else 2), most
+
+
+def test_tiled_stages_keep_their_state_in_float32_by_default(monkeypatch):
+    """``dtype=None``: stage 1 and untiled stages in float64, tiled stages in float32 (half the
+    image-sized memory); an explicit ``dtype`` sets every stage. The noise is drawn in float64
+    either way, so the precision changes a sample by rounding only."""
+    c = RelayCascade.toy((16, 64))
+    used = []
+    run_stage = c.run_stage
+    monkeypatch.setattr(c, "run_stage", lambda k, *a, dtype, **kw: used.append(dtype)
+                        or run_stage(k, *a, dtype=dtype, **kw))
+    default = c(seeds=[2], to=256, tile=128)[-1]
+    assert used == [torch.float64, torch.float32, torch.float32]
+    untiled = c(seeds=[2], to=256)[-1]
+    assert used[3:] == [torch.float64] * 3
+    wide = c(seeds=[2], to=256, tile=128, dtype=torch.float64)[-1]
+    assert used[6:] == [torch.float64] * 3
+    assert not torch.equal(default, wide)
+    assert (default - wide).abs().max() < 1e-4  # the same noise, rounded: the same sample
+    assert (untiled - wide).abs().max() < 1e-12  # the toy's receptive field fits the halo

@@ -192,26 +192,31 @@ def box_filter(g: torch.Tensor, s: int) -> torch.Tensor:
 
 
 def test_block_noise_replays_its_definition(ref):
-    """Same generator state ⇒ the noise is the documented function of the generator's draws."""
+    """Same generator state ⇒ the noise is the documented function of the generator's draws
+    (drawn in float64, rounded to the requested dtype)."""
     shape, s, a = (3, 2, 8, 12), 4, 0.15
+
+    def draw(r, *size):
+        return torch.randn(*size, generator=r, dtype=torch.float64).float()
+
     g = gen(7)
     r = ref.clone(g)
-    low = torch.randn(3, 2, 2, 3, generator=r)
+    low = draw(r, 3, 2, 2, 3)
     expected = low.repeat_interleave(s, -2).repeat_interleave(s, -1)
     torch.testing.assert_close(ops.block_noise(shape, s, generator=g), expected, rtol=0, atol=0)
 
     g, r = gen(8), ref.clone(gen(8))
-    white = torch.randn(shape, generator=r)
+    white = draw(r, shape)
     torch.testing.assert_close(ops.block_noise(shape, s, generator=g, variant="official"),
                                box_filter(white, s), rtol=1e-6, atol=1e-6)
 
     g, r = gen(9), ref.clone(gen(9))
-    eps, low = torch.randn(shape, generator=r), torch.randn(3, 2, 2, 3, generator=r)
+    eps, low = draw(r, shape), draw(r, 3, 2, 2, 3)
     paper = (eps + a * low.repeat_interleave(s, -2).repeat_interleave(s, -1)) / math.sqrt(1 + a * a)
     torch.testing.assert_close(ops.relay_noise(shape, s, a, generator=g), paper, rtol=1e-6, atol=1e-6)
 
     g, r = gen(10), ref.clone(gen(10))
-    eps, white = torch.randn(shape, generator=r), torch.randn(shape, generator=r)
+    eps, white = draw(r, shape), draw(r, shape)
     torch.testing.assert_close(ops.relay_noise(shape, s, a, generator=g, variant="official"),
                                eps + a * box_filter(white, s), rtol=1e-6, atol=1e-6)
 
@@ -343,3 +348,15 @@ def test_stage_files_saying_paper_load_as_trapezoidal_without_warning():
             config = StageConfig.from_dict(data, str(f))
             assert config.relay.variant == "trapezoidal"
             assert config.to_dict()["relay"]["variant"] == "trapezoidal"
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_noise_is_the_same_in_every_precision(per_sample):
+    """A seed draws the same numbers whatever the dtype asked for (float64, rounded), so a float32
+    sample is the float64 sample up to rounding."""
+    def generators():
+        return [gen(s) for s in (3, 4)] if per_sample else gen(3)
+
+    wide = ops.randn((2, 3, 5, 5), generators(), dtype=torch.float64)
+    for dtype in (torch.float32, torch.bfloat16):
+        assert torch.equal(ops.randn((2, 3, 5, 5), generators(), dtype=dtype), wide.to(dtype))

@@ -157,13 +157,15 @@ def test_one_window_is_the_untiled_network(stats):
 
 
 def test_gathered_statistics_of_one_window_are_the_untiled_ones():
+    """The float32 network's statistics are computed in float32 (as GroupNorm's): they equal
+    the float64 reference to float32 rounding."""
     den, x, sigma = tiny_unet(), image(2, 32), torch.tensor([0.5, 2.0])
     gathered = TiledDenoiser(den, 32, align=2).gather(x, sigma)
     expected = group_norm_inputs(den, x, sigma)
     assert gathered.keys() == expected.keys() and len(expected) == 21
     for name, (mean, var) in expected.items():
-        torch.testing.assert_close(gathered[name][0], mean, rtol=1e-9, atol=1e-12, msg=name)
-        torch.testing.assert_close(gathered[name][1], var, rtol=1e-9, atol=1e-12, msg=name)
+        torch.testing.assert_close(gathered[name][0], mean, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(gathered[name][1], var, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_gathered_statistics_over_cores_at_half_resolution():
@@ -177,20 +179,25 @@ def test_gathered_statistics_over_cores_at_half_resolution():
     torch.testing.assert_close(var, ref_var, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("stats", ["previous", "fresh"])
-def test_whole_image_statistics_make_pooled_net_exact(stats):
-    """The GroupNorm of ``PooledNet`` gets exact whole-image statistics from the first
-    gathering pass, so with them its tiled output is the untiled one (receptive field 3 ≤
-    halo // 2); with tile-local statistics it is not."""
+def test_whole_image_statistics_make_pooled_net_exact():
+    """The GroupNorm of ``PooledNet`` gets exact whole-image statistics from a gathering pass,
+    so with them its tiled output is the untiled one (receptive field 3 ≤ halo // 2); with
+    tile-local statistics it is not. ``fresh`` gathers first in every call; ``previous``
+    normalises its first call tile-locally while it gathers, and later calls exactly."""
     torch.manual_seed(0)
     den, x, sigma = PooledNet().double(), image(2, 40), torch.tensor([0.5, 1.0])
     with torch.no_grad():
         ref = den(x, sigma)
-    tiled = TiledDenoiser(den, 12, halo=8, align=2, tile_batch=4, stats=stats)
-    for _ in range(2):
-        assert (tiled(x, sigma) - ref).abs().max() < 1e-12
     local = TiledDenoiser(den, 12, halo=8, align=2, stats="tile")(x, sigma)
     assert (local - ref).abs().max() > 1e-2
+    fresh = TiledDenoiser(den, 12, halo=8, align=2, tile_batch=4, stats="fresh")
+    previous = TiledDenoiser(den, 12, halo=8, align=2, tile_batch=4, stats="previous")
+    assert (previous(x, sigma) - local).abs().max() < 1e-12
+    for _ in range(2):
+        assert (fresh(x, sigma) - ref).abs().max() < 1e-12
+        assert (previous(x, sigma) - ref).abs().max() < 1e-12
+    previous.reset()
+    assert (previous(x, sigma) - local).abs().max() < 1e-12
 
 
 def test_whole_image_statistics_beat_tile_local_ones():
@@ -222,10 +229,10 @@ def test_previous_statistics_follow_a_rescaled_input():
 
 
 def test_passes_per_call():
-    """previous: two passes on the first call (and after reset or a new shape), then one;
-    fresh: two; tile and networks without GroupNorm: one."""
+    """previous: one pass per call (the first after reset or a new shape normalises tile-locally
+    while it gathers); fresh: two; tile and networks without GroupNorm: one."""
     x, sigma = image(1, 32), torch.tensor([0.5])
-    for stats, expected in (("previous", [2, 1, 1, 2, 2, 1]), ("fresh", [2] * 6), ("tile", [1] * 6)):
+    for stats, expected in (("previous", [1] * 6), ("fresh", [2] * 6), ("tile", [1] * 6)):
         den = tiny_unet()
         passes = count_calls(den.model)
         tiled = TiledDenoiser(den, 16, halo=4, align=2, stats=stats)

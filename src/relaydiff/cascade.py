@@ -151,7 +151,7 @@ class RelayCascade(nn.Module):
         balanced: bool = False,
         low_res: torch.Tensor | None = None,
         batch_size: int = 16,
-        dtype: torch.dtype = torch.float64,
+        dtype: torch.dtype | None = None,
         batch_invariant: bool = True,
         progress: Callable[[int], object] | None = None,
         to: int | None = None,
@@ -181,6 +181,10 @@ class RelayCascade(nn.Module):
         seamless; the noise is drawn on the whole image, so it does not depend on ``tile``. In
         exact mode each such call sees ``EXACT_BATCH`` tiles, and the padding seeds of a group
         are dropped before the tiled stages.
+
+        ``dtype``: the samplers' state. ``None``: float64, except in the tiled stages, which
+        keep their image-sized buffers in float32 (half the memory; the networks run in float32
+        either way).
         """
         seeds = [int(s) for s in seeds]
         check_seeds(seeds)
@@ -211,30 +215,52 @@ class RelayCascade(nn.Module):
 
     def _generate_exact(self, seeds, labels, low_res, plan, dtype, progress, tile) -> list[torch.Tensor]:
         """Groups of ``EXACT_BATCH`` seeds (the last padded by repeating its first seed), each run
-        single-threaded, the groups in parallel on ``torch.get_num_threads()`` threads."""
+        single-threaded, the groups in parallel on ``torch.get_num_threads()`` threads. From the
+        first tiled stage on, each image runs alone (its calls still see ``EXACT_BATCH`` tiles),
+        the images in parallel: a few large images use every thread."""
         groups = []
         for start in range(0, len(seeds), EXACT_BATCH):
             take = list(range(start, min(start + EXACT_BATCH, len(seeds))))
             pad = [take[0]] * (EXACT_BATCH - len(take))
             groups.append((len(take), take + pad))
+        split = next((i for i, (k, _) in enumerate(plan) if self._tiled(k, tile)), len(plan))
+        head, tail = plan[:split], plan[split:]
 
-        def run(group: tuple[int, list[int]]) -> list[torch.Tensor]:
+        def run_head(group: tuple[int, list[int]]) -> tuple[list[torch.Tensor], list[tuple]]:
             n, rows = group
             idx = None if labels is None else labels[rows]
-            low = None if low_res is None else low_res[rows]
+            low = None if low_res is None else low_res[rows].to(self.device, dtype or torch.float64)
+            outs = [] if low is None else [low]
             with torch.no_grad():
-                outs = self._generate([seeds[i] for i in rows], idx, low, plan, dtype, tile, n)
-            return [o[:n] for o in outs]
+                x, gens, idx = self._run_plan(head, low, seed_generators([seeds[i] for i in rows]),
+                                              idx, dtype, tile, n, outs)
+            images = [(x[i:i + 1], gens[i:i + 1], None if idx is None else idx[i:i + 1])
+                      for i in range(n)] if tail else []
+            return [o[:n].to(torch.float32).cpu() for o in outs], images
+
+        def run_tail(image: tuple) -> list[torch.Tensor]:
+            outs: list[torch.Tensor] = []
+            with torch.no_grad():
+                self._run_plan(tail, *image, dtype, tile, 1, outs)
+            return [o.to(torch.float32).cpu() for o in outs]
 
         threads = torch.get_num_threads()
-        outputs = []
         torch.set_num_threads(1)
         try:
-            with ThreadPoolExecutor(max(1, min(threads, len(groups)))) as pool:
-                for (n, _), out in zip(groups, pool.map(run, groups), strict=True):
-                    outputs.append(out)
-                    if progress is not None:
+            with ThreadPoolExecutor(max(1, min(threads, len(groups) if not tail else len(seeds)))) as pool:
+                heads = []
+                for (n, _), (outs, images) in zip(groups, pool.map(run_head, groups), strict=True):
+                    heads.append((outs, images))
+                    if progress is not None and not tail:
                         progress(n)
+                outputs = []
+                for outs, images in heads:
+                    tails = []
+                    for out in pool.map(run_tail, images):
+                        tails.append(out)
+                        if progress is not None:
+                            progress(1)
+                    outputs.append(outs + [torch.cat(parts) for parts in zip(*tails, strict=True)])
         finally:
             torch.set_num_threads(threads)
         return [torch.cat(parts) for parts in zip(*outputs, strict=True)]
@@ -313,21 +339,31 @@ class RelayCascade(nn.Module):
         return (f"size {to} is not reachable {origin} with this cascade{how}; reachable sizes: "
                 f"{', '.join(map(str, shown))}" + (", …" if reuse else ""))
 
-    def _generate(self, seeds, idx, low, plan, dtype, tile, n=None) -> list[torch.Tensor]:
-        """Run ``plan`` for one batch; ``n``: the batch's real rows (the rest pad an exact-mode
-        group), kept alone from the first tiled stage on."""
-        gens = seed_generators(seeds)
-        x = None if low is None else low.to(device=self.device, dtype=dtype)
+    def _tiled(self, k: int, tile: int) -> bool:
+        return tile > 0 and self.configs[k].kind != "edm"
+
+    def _generate(self, seeds, idx, low, plan, dtype, tile) -> list[torch.Tensor]:
+        """Run ``plan`` for one batch (all stages' images, float32 on the CPU)."""
+        x = None if low is None else low.to(device=self.device, dtype=dtype or torch.float64)
         outs = [] if x is None else [x]
+        self._run_plan(plan, x, seed_generators(seeds), idx, dtype, tile, None, outs)
+        return [o.to(torch.float32).cpu() for o in outs]
+
+    def _run_plan(self, plan, x, gens, idx, dtype, tile, n, outs: list) -> tuple:
+        """Run ``plan``'s stages on ``x`` (``None`` before stage 1), appending each stage's images
+        to ``outs``; returns the last ``(x, generators, labels)``. ``n`` (exact mode): the batch's
+        real rows (the rest pad a group), kept alone from the first tiled stage on, whose calls
+        then see ``EXACT_BATCH`` tiles."""
         for k, _ in plan:
-            tiled = tile > 0 and self.configs[k].kind != "edm"
+            tiled = self._tiled(k, tile)
             if tiled and n is not None and x.shape[0] > n:
                 x, gens = x[:n], gens[:n]
                 idx = None if idx is None else idx[:n]
-            x = self.run_stage(k, x, gens, idx, dtype=dtype, tile=tile,
+            state = dtype or (torch.float32 if tiled else torch.float64)
+            x = self.run_stage(k, x, gens, idx, dtype=state, tile=tile,
                                tile_batch=EXACT_BATCH if n is not None else None)
             outs.append(x)
-        return [o.to(torch.float32).cpu() for o in outs]
+        return x, gens, idx
 
     def run_stage(self, k: int, x_low: torch.Tensor | None, generators: Sequence[torch.Generator],
                   class_idx: torch.Tensor | None = None, *, dtype: torch.dtype = torch.float64,
@@ -378,13 +414,16 @@ class RelayCascade(nn.Module):
             return x.clamp(-1, 1)
         r, s = cfg.relay, cfg.relay_sampler
         sigmas = karras_sigmas(s.steps, s.sigma_min, s.sigma_max, s.rho, truncate=s.sigma_trunc)
-        up = upsample(x_low.to(device=device, dtype=dtype), r.scale)
-        n = relay_noise(up.shape, r.scale, r.block_alpha, generator=generators, variant=r.variant,
+        # x_start = up(x_low) + σ_0·n, built in the noise's buffer (image-sized buffers count at
+        # high resolution: none is kept that the sampler does not need)
+        n = relay_noise(shape, r.scale, r.block_alpha, generator=generators, variant=r.variant,
                         device=device, dtype=dtype)
-        x = relay_sample(denoiser, up + sigmas[0].item() * n, sigmas, r.schedule(s.prob_length),
-                         r.scale, labels=labels, eta=s.eta, block_alpha=r.block_alpha, order=s.order,
+        x_start = n.mul_(sigmas[0].item()).add_(upsample(x_low.to(device=device, dtype=dtype), r.scale))
+        n = None
+        x = relay_sample(denoiser, x_start, sigmas, r.schedule(s.prob_length), r.scale,
+                         labels=labels, eta=s.eta, block_alpha=r.block_alpha, order=s.order,
                          variant=r.variant, generator=generators, callback=callback)
-        return x.clamp(-1, 1)
+        return x.clamp_(-1, 1)
 
     def _guided(self, k: int, den, guide, labels):
         """Stage ``k``'s denoiser with its guidance (docs/method.md §3), or as it is."""

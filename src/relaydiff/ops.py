@@ -112,7 +112,9 @@ def _apply_patchwise(x: torch.Tensor, left: torch.Tensor, right_t: torch.Tensor)
     right_t = _block_diagonal(right_t, kw)
     y = torch.matmul(x.reshape(n, -1, kw * p), right_t if per_sample else right_t.unsqueeze(0))
     left = _block_diagonal(left, kh)
-    y = torch.matmul(left.unsqueeze(1) if per_sample else left, y.reshape(n, -1, kh * p, w))
+    # a 4-D left factor makes this a batched product on y's own layout; a 2-D one would let
+    # matmul fold it as yᵀ·leftᵀ, copying the image twice more (transposed input and output)
+    y = torch.matmul(left.unsqueeze(1) if per_sample else left[None, None], y.reshape(n, -1, kh * p, w))
     return y.reshape(*lead, h, w)
 
 
@@ -231,20 +233,23 @@ def randn(
     """Standard normal noise; ``generator`` may be one generator or one per sample (``shape[0]``).
 
     With per-sample generators every sample's values depend on its own generator only, so they
-    do not change with the batch size or the position in the batch. Values are drawn on the
-    generator's device and moved to ``device``.
+    do not change with the batch size or the position in the batch. Values are drawn in float64
+    on the generator's device, then rounded to ``dtype`` (default: torch's) and moved to
+    ``device``: the same generator gives the same noise, up to rounding, in every precision, so
+    a sample's content does not depend on the sampler state's ``dtype``.
     """
     shape = tuple(int(s) for s in shape)
+    dtype = dtype or torch.get_default_dtype()
     if generator is None or isinstance(generator, torch.Generator):
         gen_device = generator.device if generator is not None else device
-        out = torch.randn(shape, generator=generator, device=gen_device, dtype=dtype)
-        return out.to(device) if device is not None else out
+        out = torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float64)
+        return out.to(device=device or out.device, dtype=dtype)
     gens = list(generator)
     if len(gens) != shape[0]:
         raise ValueError(f"got {len(gens)} generators for a batch of {shape[0]} samples")
-    out = torch.stack(
-        [torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in gens]
-    )
+    out = torch.empty(shape, device=gens[0].device if gens else device, dtype=dtype)
+    for row, g in zip(out, gens, strict=True):  # one sample's float64 values at a time
+        row.copy_(torch.randn(shape[1:], generator=g, device=g.device, dtype=torch.float64))
     return out.to(device) if device is not None else out
 
 

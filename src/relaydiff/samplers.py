@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
-from typing import NamedTuple
 
 import torch
 
@@ -155,25 +155,32 @@ def _relay_transfer(target: torch.Tensor, gamma: float, b_cur: float, b_next: fl
     return out.sub_(heat_blur(target, patch_size, b_cur, min_scale), alpha=gamma)
 
 
-class _RelayStep(NamedTuple):
-    """The Euler step of a relay sampler from ``x`` (at ``s`` = σ_i) to ``x_next`` (at
-    ``s_next`` = σ_{i+1}), ``x_next = base + update + noise``, in the parts a corrector reuses."""
+@dataclass
+class _RelayStep:
+    """The Euler step of a relay sampler from ``x`` (at ``s`` = σ_i) to σ_{i+1} (``s_next``),
+    ``x_{i+1} = base + update`` (``base`` holds the noise), in the parts a corrector reuses. The
+    loop keeps no other reference to them, so a corrector frees what it no longer needs by
+    clearing its field (at 2048 px one float64 image is 100 MB)."""
 
-    x: torch.Tensor
-    denoised: torch.Tensor  # D(x_i; σ_i)
+    x: torch.Tensor | None
+    denoised: torch.Tensor | None  # D(x_i; σ_i)
     s: float
     s_next: float
-    base: torch.Tensor  # γ·x_i
+    gamma: float
+    base: torch.Tensor  # γ·x_i + η·σ_{i+1}·n (the predictor's noise)
     update: torch.Tensor  # L(D(x_i; σ_i))
-    noise: torch.Tensor | None  # η·σ_{i+1}·n, None for η = 0
     noise_scale: float  # η·σ_{i+1}
-    x_next: torch.Tensor
     transfer: Callable[[torch.Tensor], torch.Tensor]  # L of this step
     draw: Callable[[], torch.Tensor]  # a fresh relay noise n
 
+    def euler(self) -> torch.Tensor:
+        """The Euler step's ``x_{i+1}`` (a new tensor)."""
+        return self.base + self.update
 
-Corrector = Callable[[_RelayStep, torch.Tensor], torch.Tensor]
-"""``corrector(step, D(x_{i+1}; σ_{i+1}))`` → the corrected ``x_{i+1}`` of a Heun-type sampler."""
+
+Corrector = Callable[[_RelayStep, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
+"""``corrector(step, denoise)`` → the corrected ``x_{i+1}`` of a Heun-type sampler, where
+``denoise(x')`` is ``D(x'; σ_{i+1})``."""
 
 
 def _relay_loop(denoiser: Denoiser, x_start: torch.Tensor, sigmas: torch.Tensor,
@@ -189,10 +196,11 @@ def _relay_loop(denoiser: Denoiser, x_start: torch.Tensor, sigmas: torch.Tensor,
     check_labels(labels, x_start.shape[0])
     s_list = sigmas.tolist()
     blur = [*schedule.blur_sigma_at(sigmas[:-1]).tolist(), 0.0]
+    shape, device, dtype = x_start.shape, x_start.device, x_start.dtype
 
     def draw() -> torch.Tensor:
-        return relay_noise(x.shape, patch_size, block_alpha, generator=generator,
-                           variant=variant, device=x.device, dtype=x.dtype)
+        return relay_noise(shape, patch_size, block_alpha, generator=generator, variant=variant,
+                           device=device, dtype=dtype)
 
     x = x_start
     for i in range(len(s_list) - 1):
@@ -206,29 +214,30 @@ def _relay_loop(denoiser: Denoiser, x_start: torch.Tensor, sigmas: torch.Tensor,
         transfer = partial(_relay_transfer, gamma=gamma, b_cur=blur[i], b_next=blur[i + 1],
                            patch_size=patch_size, min_scale=schedule.min_scale)
         base = x * gamma
-        update = transfer(denoised)
-        n = draw().mul_(eta * s_next) if eta > 0 else None
-        x_next = base + update if n is None else (base + update).add_(n)
-        if corrector is not None:
-            step = _RelayStep(x, denoised, s, s_next, base, update, n, eta * s_next, x_next,
-                              transfer, draw)
-            x_next = corrector(step, _denoise(denoiser, x_next, s_next, labels))
-        x = x_next
+        if eta > 0:
+            base.add_(draw().mul_(eta * s_next))
+        step = _RelayStep(x, denoised, s, s_next, gamma, base, transfer(denoised), eta * s_next,
+                          transfer, draw)
+        x = denoised = base = None  # the step holds them now
+        x = step.euler() if corrector is None else corrector(
+            step, partial(_denoise, denoiser, sigma=s_next, labels=labels))
+        step = None
     return x
 
 
-def _trapezoidal(step: _RelayStep, denoised_next: torch.Tensor) -> torch.Tensor:
+def _trapezoidal(step: _RelayStep, denoise: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """``x_{i+1} = γ·x_i + L((D(x_i) + D(x'))/2)`` plus the predictor's noise."""
-    update = step.update.add_(step.transfer(denoised_next)).mul_(0.5)
-    return update.add_(step.base) if step.noise is None else update.add_(step.base).add_(step.noise)
+    step.x = step.denoised = None
+    return step.update.add_(step.transfer(denoise(step.euler()))).mul_(0.5).add_(step.base)
 
 
-def _released_heun(step: _RelayStep, denoised_next: torch.Tensor) -> torch.Tensor:
+def _released_heun(step: _RelayStep, denoise: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """``x_{i+1} = γ·x_i + L(x_i − σ_i·(d + d')/2)`` with ``d = (x_i − D(x_i))/σ_i``,
     ``d' = (x' − D(x'))/σ_{i+1}``, plus fresh noise."""
-    slopes = (step.x - step.denoised) / step.s + (step.x_next - denoised_next) / step.s_next
-    x_next = step.base + step.transfer(step.x - slopes * (step.s / 2))
-    if step.noise is not None:
+    x_next = step.euler()
+    slopes = (step.x - step.denoised) / step.s + (x_next - denoise(x_next)) / step.s_next
+    x_next = step.x * step.gamma + step.transfer(step.x - slopes * (step.s / 2))
+    if step.noise_scale > 0:
         x_next.add_(step.draw(), alpha=step.noise_scale)
     return x_next
 

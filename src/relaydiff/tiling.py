@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 STATS_MODES = ("previous", "fresh", "tile")
@@ -65,7 +66,9 @@ def _axis(length: int, tile: int, halo: int) -> _Axis:
     pixels, shifted inward at the image edges; an axis no longer than a window is one core.
     A core's weight ramps linearly across ``[b − halo//2, b + halo//2]`` around each boundary
     ``b`` with a neighbouring core (1 − the neighbour's weight there), so it is 0 within
-    ``halo//2`` pixels of its window's edges inside the image."""
+    ``halo//2`` pixels of its window's edges inside the image; the weights are divided by their
+    sum at each pixel (1 up to rounding for ``halo ≤ tile``), so the blend needs no image-sized
+    normaliser."""
     window = min(tile + 2 * halo, length)
     bounds = [0, length] if window == length else [*range(0, length, tile), length]
     cores = tuple(itertools.pairwise(bounds))
@@ -80,7 +83,8 @@ def _axis(length: int, tile: int, halo: int) -> _Axis:
         if c1 < length:
             w = w * _ramp(c1 + band - centre, 2 * band)
         weights.append(w)
-    return _Axis(cores, origins, window, tuple(weights))
+    total = torch.stack(weights).sum(0)
+    return _Axis(cores, origins, window, tuple(w / total for w in weights))
 
 
 class _Window(NamedTuple):
@@ -104,10 +108,6 @@ class _Plan(NamedTuple):
     @property
     def size(self) -> tuple[int, int]:
         return self.rows.window, self.cols.window
-
-    def normaliser(self) -> torch.Tensor:
-        """The sum of all windows' weights at each pixel (1 up to rounding for ``halo ≤ tile``)."""
-        return torch.outer(torch.stack(self.rows.weights).sum(0), torch.stack(self.cols.weights).sum(0))
 
 
 def _plan_of(rows: _Axis, cols: _Axis) -> _Plan:
@@ -199,26 +199,35 @@ def _scaled_cores(name: str, cores: list[tuple[int, int, int, int]], size: tuple
 
 def _normalise(x: torch.Tensor, norm: nn.GroupNorm, mean: torch.Tensor, var: torch.Tensor
                ) -> torch.Tensor:
-    """GroupNorm of ``x`` with given per-window ``mean`` and ``var`` ``(B, groups)``, as one
-    ``x·scale + shift`` per channel (at least float32, like GroupNorm under autocast)."""
-    dtype = torch.promote_types(x.dtype, torch.float32)
-    per_group = x.shape[1] // norm.num_groups
-    scale = (var + norm.eps).rsqrt().repeat_interleave(per_group, 1)
-    shift = -mean.repeat_interleave(per_group, 1) * scale
-    if norm.affine:
-        scale, shift = scale * norm.weight, shift * norm.weight + norm.bias
-    view = (*scale.shape, *(1,) * (x.dim() - 2))
-    return torch.addcmul(shift.to(dtype).reshape(view), x.to(dtype), scale.to(dtype).reshape(view))
-
-
-def _own_group_norm(x: torch.Tensor, norm: nn.GroupNorm
-                    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """GroupNorm of each window with its own statistics (at least float32, like GroupNorm under
-    autocast), and those statistics: mean and variance + ε ``(B, groups)``, float64."""
+    """GroupNorm of ``x`` with given per-window ``mean`` and ``var`` ``(B, groups)`` (at least
+    float32, like GroupNorm under autocast), run as one inference-mode batch norm over the
+    ``B·C`` channels (PyTorch's fused kernel)."""
     x = x.to(torch.promote_types(x.dtype, torch.float32))
-    out, mean, rstd = torch.native_group_norm(x, norm.weight, norm.bias, x.shape[0], x.shape[1],
-                                              x[0, 0].numel(), norm.num_groups, norm.eps)
-    return out, (mean.to(torch.float64), rstd.to(torch.float64).pow(-2))
+    b, c = x.shape[:2]
+    per_group = c // norm.num_groups
+
+    def per_channel(t: torch.Tensor) -> torch.Tensor:
+        return t.repeat_interleave(per_group, 1).reshape(-1).to(x.dtype)
+
+    weight, bias = ((norm.weight.to(x.dtype).repeat(b), norm.bias.to(x.dtype).repeat(b))
+                    if norm.affine else (None, None))
+    out = F.batch_norm(x.reshape(1, b * c, *x.shape[2:]), per_channel(mean), per_channel(var),
+                       weight, bias, training=False, eps=norm.eps)
+    return out.reshape(x.shape)
+
+
+def _group_moments(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Mean and variance per group of channels of ``x`` ``(…, C, H, W)`` → ``(…, groups)``,
+    float64, and the count per group. Each row is summed first in ``x``'s precision (at least
+    float32; its sum and its sum of squares), the rows' sums in float64: two fast reductions
+    over the innermost axis, also on a strided window of a larger map."""
+    x = x.to(torch.promote_types(x.dtype, torch.float32))
+    *lead, c, h, w = x.shape
+    s1 = x.sum(-1).to(torch.float64).reshape(*lead, groups, -1).sum(-1)
+    s2 = torch.linalg.vector_norm(x, 2, -1).to(torch.float64).square().reshape(*lead, groups, -1).sum(-1)
+    count = c // groups * h * w
+    mean = s1 / count
+    return mean, (s2 / count - mean.square()).clamp_min(0), count
 
 
 def _whole_image_target(use: _Gathered, call: _Call, now: tuple[torch.Tensor, torch.Tensor],
@@ -238,12 +247,13 @@ def _whole_image_target(use: _Gathered, call: _Call, now: tuple[torch.Tensor, to
 class _Pass:
     """The GroupNorm layers during one gathering pass over all windows: they normalise with
     ``use`` (the whole-image statistics of each sample relative to each window's; ``None``: the
-    window's own) and record each window's own statistics and the float64 sum, sum of squares
-    and count of their input over each window's core."""
+    window's own) and record each window's own statistics and the mean, variance and count of
+    their input over each window's core."""
 
     def __init__(self, n_images: int, n_windows: int, use: dict[str, _Gathered] | None) -> None:
         self.shape, self.use = (n_images, n_windows), use
-        self.sums: dict[str, torch.Tensor] = {}  # name → (N, windows, 5, groups)
+        # name → (N, windows, 5, groups): the core's mean, variance, count; the window's mean, var + ε
+        self.moments: dict[str, torch.Tensor] = {}
         self.call: _Call | None = None
 
     def forward(self, name: str, norm: nn.GroupNorm) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -256,41 +266,46 @@ class _Pass:
                 raise ValueError(f"GroupNorm {name!r} runs twice in one forward; tiled statistics "
                                  "need one call per layer")
             call.seen.add(name)
-            out, own = _own_group_norm(x, norm)
+            mean, var, _ = _group_moments(x, norm.num_groups)
+            own = mean, var + norm.eps
             self._record(name, norm, x, call, own)
             if self.use is None:
-                return out
+                return _normalise(x, norm, mean, var)
             return _normalise(x, norm, *_whole_image_target(self.use[name], call, own, norm.eps))
 
         return run
 
     def _record(self, name: str, norm: nn.GroupNorm, x: torch.Tensor, call: _Call,
                 window: tuple[torch.Tensor, torch.Tensor]) -> None:
-        """Each real window's statistics and core sums, computed from that window alone."""
-        g = norm.num_groups
+        """Each real window's statistics and its core's mean, variance and count per group,
+        computed from that window alone."""
         parts = []
         for k, (y0, y1, x0, x1) in enumerate(call.feature_cores(name, x.shape[2:])[:call.real]):
-            core = x[k, :, y0:y1, x0:x1].to(torch.float64)
-            sums = torch.stack([core.sum((-2, -1)), core.square().sum((-2, -1))]).reshape(2, g, -1).sum(-1)
-            count = sums.new_full((1, g), core[0].numel() * (x.shape[1] // g))
-            parts.append(torch.cat([sums, count, window[0][k:k + 1], window[1][k:k + 1]]))
-        if name not in self.sums:
-            self.sums[name] = x.new_zeros((*self.shape, 5, g), dtype=torch.float64)
-        self.sums[name][call.samples[:call.real], call.slots[:call.real]] = torch.stack(parts)
+            mean, var, count = _group_moments(x[k, :, y0:y1, x0:x1], norm.num_groups)
+            parts.append(torch.stack([mean, var, torch.full_like(mean, count)]))
+        if name not in self.moments:
+            self.moments[name] = x.new_zeros((*self.shape, 5, norm.num_groups), dtype=torch.float64)
+        real = slice(0, call.real)
+        self.moments[name][call.samples[real], call.slots[real]] = torch.cat(
+            [torch.stack(parts), window[0][real, None], window[1][real, None]], 1)
 
     def gathered(self) -> dict[str, _Gathered]:
-        """Per layer, the whole-image mean and variance per sample (the cores' sums added in
-        window order, the same order for an image whatever else is in the batch) and each
-        window's own."""
+        """Per layer, the whole-image mean and variance per sample, the cores' moments combined
+        in window order (the same order for an image whatever else is in the batch:
+        ``μ = Σ n_k·m_k / n``, ``σ² = Σ n_k·(v_k + (m_k − μ)²) / n``), and each window's own."""
         stats = {}
-        for name, sums in self.sums.items():
-            total = sums[:, 0, :3].clone()
-            for k in range(1, sums.shape[1]):
-                total += sums[:, k, :3]
-            s1, s2, count = total.unbind(1)
-            mean = s1 / count
-            stats[name] = _Gathered(mean, (s2 / count - mean.square()).clamp_min(0),
-                                    sums[:, :, 3], sums[:, :, 4])
+        for name, moments in self.moments.items():
+            counts = moments[:, :, 2]
+            total = counts[:, 0].clone()
+            weighted = moments[:, 0, 0] * counts[:, 0]
+            for k in range(1, moments.shape[1]):
+                total += counts[:, k]
+                weighted += moments[:, k, 0] * counts[:, k]
+            mean = weighted / total
+            spread = (moments[:, 0, 1] + (moments[:, 0, 0] - mean).square()) * counts[:, 0]
+            for k in range(1, moments.shape[1]):
+                spread += (moments[:, k, 1] + (moments[:, k, 0] - mean).square()) * counts[:, k]
+            stats[name] = _Gathered(mean, spread / total, moments[:, :, 3], moments[:, :, 4])
         return stats
 
 
@@ -347,7 +362,7 @@ class TiledDenoiser:
     to 0 across ``halo // 2`` pixels on either side of its boundary with a neighbouring core, so a
     network whose receptive field reaches at most ``halo // 2`` pixels and that has no global
     normalisation gives exactly its untiled output. ``halo`` defaults to the smallest multiple
-    of ``align`` that is at least ``max(tile // 8, 1)``. Window origins and cores lie on
+    of ``align`` that is at least ``max(tile // 16, 1)``. Window origins and cores lie on
     multiples of ``align``; pass ``align = lcm(size_multiple(network), patch size)`` so every
     window sees the whole image's pooling grid.
 
@@ -359,8 +374,9 @@ class TiledDenoiser:
 
     GroupNorm (``stats``): every ``torch.nn.GroupNorm`` inside ``denoiser`` normalises each
     window with its sample's whole-image statistics. A gathering pass records, per layer and
-    sample, the float64 sum and sum of squares of the layer's input over the windows' cores
-    (which partition the image: the whole image's mean ``μ`` and variance ``σ²``) and each
+    sample, the mean, variance and count of the layer's input over each window's core (the
+    cores partition the image; their moments, combined in float64, give the whole image's mean
+    ``μ`` and variance ``σ²``) and each
     window's own mean ``m_g`` and variance ``v_g``. A using pass normalises a window whose input
     now has mean ``m`` and variance ``v`` with the mean ``m + (μ − m_g)·s`` and the variance
     ``(σ² + ε)·s² − ε``, ``s² = (v + ε)/(v_g + ε)``: exactly ``μ, σ²`` when the input is the one
@@ -368,7 +384,8 @@ class TiledDenoiser:
     since, which keeps statistics carried from pass to pass stable (docs/networks.md).
     ``"previous"``: a call uses what was gathered while evaluating the previous call on the same
     batch shape (one pass per call; the first call after :meth:`reset`, or after the shape
-    changed, first gathers with tile-local statistics). ``"fresh"``: every call gathers (with the
+    changed, normalises with tile-local statistics while it gathers). ``"fresh"``: every call
+    gathers (with the
     previous call's statistics, or tile-local ones) and then uses what it gathered (two
     passes). ``"tile"``: tile-local statistics (one pass; for comparison). Networks without
     GroupNorm, and images that fit one window, always take one plain pass. Call :meth:`reset`
@@ -384,7 +401,7 @@ class TiledDenoiser:
         if tile < 1 or tile % align:
             raise ValueError(f"tile={tile} must be a positive multiple of align={align}")
         if halo is None:
-            halo = -(-max(tile // 8, 1) // align) * align
+            halo = -(-max(tile // 16, 1) // align) * align
         if halo < 0 or halo % align:
             raise ValueError(f"halo={halo} must be a non-negative multiple of align={align}")
         if tile_batch is not None and tile_batch < 1:
@@ -411,7 +428,7 @@ class TiledDenoiser:
             if x.shape != self._shape:
                 self.reset()
             prior = self._gathered
-            if prior is None or self.stats == "fresh":
+            if self.stats == "fresh":
                 prior = self._run(inputs, plan, prior, gather=True, blend=False)[1]
             out, self._gathered = self._run(inputs, plan, prior, gather=True)
             self._shape = x.shape
@@ -458,8 +475,6 @@ class TiledDenoiser:
                 y = self.denoiser(*args, **kwargs)
                 if blend:
                     out = _accumulate(out, y, samples[:real], windows, inputs.x.shape)
-        if blend:
-            out /= plan.normaliser().to(out)
         return out, None if gn is None else gn.gathered()
 
 
