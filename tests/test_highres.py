@@ -239,3 +239,37 @@ def test_tiled_stages_keep_their_state_in_float32_by_default(monkeypatch):
     assert not torch.equal(default, wide)
     assert (default - wide).abs().max() < 1e-4  # the same noise, rounded: the same sample
     assert (untiled - wide).abs().max() < 1e-12  # the toy's receptive field fits the halo
+
+
+def test_tiled_upscale_of_a_users_folder_gives_each_image_as_alone(tmp_path, capsys):
+    """Three odd-size JPEGs as a user has them: with ``--tile`` (exact mode) the images run
+    through the tiled stage in parallel, and each is bitwise the image it gives when upscaled
+    alone. An ``--out`` that already holds a file of theirs is refused in one line, untouched."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(1)
+    names = ("a.jpg", "b.jpeg", "c.JPG")
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(photos / name, quality=80)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "keep.txt").write_text("mine")
+    one_line(run_cli("upscale", "--toy", "--input", photos, "--to", "160", "--tile", "64", "--out",
+                     theirs, capsys=capsys), "already holds 1 item(s) (keep.txt)")
+    assert [p.name for p in theirs.iterdir()] == ["keep.txt"]
+    out = tmp_path / "big"
+    code, _, err = run_cli("upscale", "--toy", "--input", photos, "--to", "160", "--tile", "64",
+                           "--out", out, capsys=capsys)
+    assert code == 0, err
+    for i, name in enumerate(names):  # image i uses seed --seed + i
+        alone_in = tmp_path / f"in-{name}"
+        alone_in.mkdir()
+        (alone_in / name).write_bytes((photos / name).read_bytes())
+        alone_out = tmp_path / f"out-{name}"
+        code, _, err = run_cli("upscale", "--toy", "--input", alone_in, "--seed", str(i), "--to", "160",
+                               "--tile", "64", "--out", alone_out, capsys=capsys)
+        assert code == 0, err
+        stem = name.rsplit(".", 1)[0] + ".png"
+        together = np.asarray(Image.open(out / stem))
+        assert together.shape == (160, 160, 3)
+        assert np.array_equal(together, np.asarray(Image.open(alone_out / stem)))
