@@ -14,7 +14,8 @@
   from the tensor sizes). Target: ≤ 5 % step time, ≤ 2× disk.
 
 Timings are medians over rounds that run each candidate once in turn. Run on an idle machine:
-``python bench/bench_quality.py [--images 8] [--rounds 3]``.
+``python bench/bench_quality.py [--images 8] [--rounds 3]``; ``--disk-only --json PATH`` computes
+only the disk comparison (seconds) and writes it with the targets (docs/images/bench_quality_disk.json).
 """
 
 from __future__ import annotations
@@ -32,11 +33,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from training_helpers import image_folder
 
 from relaydiff import RelayCascade
+from relaydiff.io.files import write_json
 from relaydiff.stage import StageConfig, build_denoiser
-from relaydiff.training.config import load_train_config
+from relaydiff.training.config import config_path, load_train_config
 from relaydiff.training.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
+# The targets: autoguided / unguided sampling time, post-hoc EMA step-time overhead (%), disk of
+# the post-hoc snapshots / disk of the kept checkpoints.
+TARGETS = {"autoguided_over_unguided": 1.35, "posthoc_step_overhead_percent": 5.0,
+           "snapshots_over_checkpoints": 2.0}
 
 
 def _medians(candidates: dict, rounds: int) -> dict[str, float]:
@@ -94,7 +100,7 @@ def autoguidance(images: int, rounds: int) -> None:
         for name, t in med.items():
             print(f"  {name:<11} {t:7.2f} s  ({t / images:.3f} s/image)")
         print(f"  ratio autoguided / unguided: {med['autoguided'] / med['unguided']:.3f}  "
-              "(target ≤ 1.35)")
+              f"(target ≤ {TARGETS['autoguided_over_unguided']})")
 
 
 def posthoc(rounds: int, steps: int) -> None:
@@ -103,7 +109,7 @@ def posthoc(rounds: int, steps: int) -> None:
         trainers = {}
         for name, extra in (("without", []), ("with", ["ema.posthoc_sigma_rels=[0.05, 0.10]",
                                                         "ema.posthoc_every_images=100000000"])):
-            cfg = load_train_config(ROOT / "configs" / "study" / "emoji64_relay.json",
+            cfg = load_train_config(config_path("study/emoji64_relay"),
                                     [f"data.path={data}", "log.tensorboard=false", *extra])
             trainers[name] = trainer = Trainer(cfg, Path(tmp) / name)
             trainer.batches = [next(iter(trainer._loader()))]
@@ -119,18 +125,29 @@ def posthoc(rounds: int, steps: int) -> None:
           f"{rounds} rounds × {steps} steps")
     for name, t in med.items():
         print(f"  {name:<8} {1000 * t / steps:8.1f} ms/step")
-    print(f"  overhead: {100 * (med['with'] / med['without'] - 1):+.1f} %  (target ≤ 5 %)")
+    print(f"  overhead: {100 * (med['with'] / med['without'] - 1):+.1f} %  "
+          f"(target ≤ {TARGETS['posthoc_step_overhead_percent']:g} %)")
+
+
+def disk() -> dict:
+    """Post-hoc snapshots' disk against the checkpoints' for the paper's CelebA-HQ relay config,
+    computed from the tensor sizes (nothing is written)."""
     paper = load_train_config(ROOT / "configs" / "celebahq256_relay.json", ["data.path=unused"])
-    model = build_denoiser(paper.stage).model
-    fp32 = 4 * _params(model)
+    params = _params(build_denoiser(paper.stage, initialize=False).model)
+    fp32 = 4 * params
     # A checkpoint: model + EMA + Adam's two moments (fp32) + the post-hoc running averages.
     per_checkpoint = 4 * fp32 + 2 * fp32
     checkpoints = paper.checkpoint.keep * per_checkpoint
     times = paper.total_images // paper.checkpoint.every_images
     snapshots = times * 2 * fp32 // 2  # two profiles, float16
-    print(f"  disk, CelebA-HQ relay config ({_params(model) / 1e6:.0f} M parameters): "
+    print(f"post-hoc EMA disk, CelebA-HQ relay config ({params / 1e6:.0f} M parameters): "
           f"{paper.checkpoint.keep} checkpoints {checkpoints / 1e9:.1f} GB, {times} × 2 float16 "
-          f"snapshots {snapshots / 1e9:.1f} GB: {snapshots / checkpoints:.2f}×  (target ≤ 2×)")
+          f"snapshots {snapshots / 1e9:.1f} GB: {snapshots / checkpoints:.2f}×  "
+          f"(target ≤ {TARGETS['snapshots_over_checkpoints']:g}×)")
+    return {"config": "configs/celebahq256_relay.json", "parameters": params,
+            "checkpoints_kept": paper.checkpoint.keep, "checkpoint_bytes": per_checkpoint,
+            "checkpoints_bytes": checkpoints, "snapshot_pairs": times,
+            "snapshots_bytes": snapshots, "ratio": snapshots / checkpoints}
 
 
 def main() -> None:
@@ -138,9 +155,19 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--disk-only", action="store_true",
+                        help="only the disk comparison (no timing; seconds)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the disk comparison to this JSON file")
     args = parser.parse_args()
-    autoguidance(args.images, args.rounds)
-    posthoc(args.rounds, args.steps)
+    if not args.disk_only:
+        autoguidance(args.images, args.rounds)
+        posthoc(args.rounds, args.steps)
+    result = disk()
+    if args.json is not None:
+        write_json({"what": "bench/bench_quality.py --disk-only: post-hoc EMA snapshots' disk "
+                            "against the kept checkpoints' (bytes, from the tensor sizes)",
+                    "targets": TARGETS, "disk": result}, args.json)
 
 
 if __name__ == "__main__":

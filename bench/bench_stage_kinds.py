@@ -1,6 +1,6 @@
 """Training throughput of the three stage kinds at the same network size, in one run.
 
-The study's 64 px stages (``configs/study/emoji64_{relay,sr,edm}.json``: the same UNet; the
+The study's 64 px stages (``relaydiff/configs/study/emoji64_{relay,sr,edm}.json``: the same UNet; the
 super-resolution stage's takes 6 input channels and the conditioning level): images/s of
 ``Trainer.train_step`` on the same synthetic batches, alternating rounds (median). Target: the
 super-resolution stage within 10 % of the relay stage.
@@ -22,10 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from training_helpers import image_folder
 
-from relaydiff.training.config import load_train_config
+from relaydiff.training.config import config_path, load_train_config
 from relaydiff.training.loop import Trainer
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -37,8 +35,9 @@ def main() -> None:
         data = image_folder(Path(tmp) / "data", 32, 64)
         trainers = {}
         for kind in ("relay", "sr", "edm"):
-            cfg = load_train_config(ROOT / "configs" / "study" / f"emoji64_{kind}.json",
-                                    [f"data.path={data}", "log.tensorboard=false"])
+            cfg = load_train_config(config_path(f"study/emoji64_{kind}"),  # unlabelled data
+                                    [f"data.path={data}", "log.tensorboard=false", "cond=false",
+                                     "stage.guidance.scale=1"])
             trainers[kind] = trainer = Trainer(cfg, Path(tmp) / kind)
             trainer.batches = [next(iter(trainer._loader())) for _ in range(1)]
         times: dict[str, list[float]] = {k: [] for k in trainers}

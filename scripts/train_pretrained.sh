@@ -14,9 +14,9 @@ train "$pkg/configs/stage1_16.json" --out "$out/s1" --set data.path="$data/16" \
   --set total_images=310464 --set ema.halflife_images=20000 --set checkpoint.every_images=16000
 train "$pkg/configs/stage1_16.json" --out "$out/g1" --set data.path="$data/16" \
   --set stage.network.model_channels=16 --set total_images=16000
-train configs/study/emoji64_relay.json --out "$out/r0" --set data.path="$data/64" \
+train "$pkg/configs/study/emoji64_relay.json" --out "$out/r0" --set data.path="$data/64" \
   --set total_images=36000
-train configs/study/emoji64_relay.json --out "$out/g2b" --set data.path="$data/64" \
+train "$pkg/configs/study/emoji64_relay.json" --out "$out/g2b" --set data.path="$data/64" \
   --set total_images=4000 --set stage.network.model_channels=8 --set stage.network.channels_per_head=8
 relaydiff cascade build --stage "$out/s1" --guide "$out/g1" --guidance 2 \
   --stage "$out/r0" --guide "$out/g2b" --guidance 3 --out "$out/cascade" --overwrite

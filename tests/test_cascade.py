@@ -210,3 +210,28 @@ def test_old_cascade_files_with_infinity_still_load_and_are_saved_strict(tmp_pat
         loads_strict(f.read_text())
     # The old-format file was written on purpose; the suite-wide strict-JSON check must not see it.
     shutil.rmtree(tmp_path / "c")
+
+
+def test_an_edm_stage_with_block_noise_starts_from_relay_noise():
+    """``stage.block_noise`` (docs/method.md §1.2): the sampler's first state is ``σ_max·n``
+    with ``n`` the relay noise of the sample's generator; without it, white noise."""
+    from relaydiff.ops import relay_noise
+    from relaydiff.stage import BlockNoiseConfig, EDMSamplerConfig, build_denoiser
+
+    def first_state(block):
+        cfg = StageConfig("edm", 8, {"name": "toy", "channels": 8}, block_noise=block,
+                          edm_sampler=EDMSamplerConfig(steps=3))
+        seen = []
+        RelayCascade([cfg], [build_denoiser(cfg)]).run_stage(
+            0, None, [torch.Generator().manual_seed(5)],
+            callback=lambda i, s, x, d: seen.append(x.clone()))
+        return seen[0][0]
+
+    n = relay_noise((1, 3, 8, 8), 4, 0.5, generator=[torch.Generator().manual_seed(5)],
+                    dtype=torch.float64)[0]
+    torch.testing.assert_close(first_state(BlockNoiseConfig(0.5, 4, 1.0)), 80.0 * n,
+                               rtol=1e-14, atol=0)
+    white = torch.randn((3, 8, 8), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    torch.testing.assert_close(first_state(None), 80.0 * white, rtol=1e-14, atol=0)
+    with pytest.raises(ValueError, match="an edm stage's setting"):
+        StageConfig("edm", 8, {"name": "toy"}, block_noise=BlockNoiseConfig(patch=3))

@@ -607,6 +607,38 @@ def test_eval_table_rows_labels_and_scales():
         *(f"  {label:<14} {value:.4f}" for label, value in rows)]
 
 
+def test_eval_table_prints_intervals_after_the_value_at_its_scale():
+    result = {"n_images": 3, "label_sampling": "random", "fid_name": "FID",
+              "reference": {"path": "r.npz", "kind": "relaydiff"}, "fid": 1.5,
+              "fid_ci95": [1.25, 2.0], "kid": 0.002, "kid_ci95": [0.001, 0.0035]}
+    assert format_table(result).splitlines()[1:] == [
+        "  FID            1.5000  [1.2500, 2.0000]", "  KID ×1e3       2.0000  [1.0000, 3.5000]"]
+
+
+@needs_weights
+def test_eval_intervals_in_the_json_and_the_table(tmp_path, emoji, capsys):
+    """--intervals N: fid_ci95 and kid_ci95 from N resamples of the samples, strict JSON, the
+    table's [lo, hi]; without it, no intervals."""
+    samples = write_set(tmp_path / "s", emoji[:12])
+    rng = np.random.default_rng(0)
+    ref_features = rng.gamma(0.5, 0.6, (40, 2048)).astype(np.float32)
+    Reference(*fid_mod.gaussian_stats(ref_features), pr_features=ref_features).save(tmp_path / "r.npz")
+    code, out, err = run_cli(["eval", str(samples), "--ref", str(tmp_path / "r.npz"), "--metrics",
+                              "fid,kid", "--intervals", "40", "--out", str(tmp_path / "r.json"),
+                              "--quiet"], capsys)
+    assert code == 0, err
+    result = json.loads((tmp_path / "r.json").read_text())
+    (lo, hi), (klo, khi) = result["fid_ci95"], result["kid_ci95"]
+    assert lo < result["fid"] < hi and klo < khi
+    assert result["intervals"] == {"resamples": 40, "level": 0.95}
+    assert re.search(rf"^\s+FID\s+{result['fid']:.4f}  \[{lo:.4f}, {hi:.4f}\]$", out, re.M), out
+    assert re.search(rf"^\s+KID ×1e3\s+\S+  \[{1e3 * klo:.4f}, {1e3 * khi:.4f}\]$", out, re.M), out
+    plain = evaluate(samples, tmp_path / "r.npz", ["fid", "kid"], progress=False)
+    assert plain["fid"] == result["fid"] and not {"fid_ci95", "kid_ci95", "intervals"} & set(plain)
+    with pytest.raises(ValueError, match="intervals"):
+        evaluate(samples, tmp_path / "r.npz", ["fid"], progress=False, intervals=-1)
+
+
 @pytest.mark.parametrize("damage", ["object-array", "truncated", "garbage"])
 def test_corrupt_reference_npz_is_refused_without_pickle_advice(tmp_path, emoji, capsys, damage):
     """A --ref .npz holding pickled objects, cut short or not an archive at all: one line naming

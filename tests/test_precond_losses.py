@@ -141,6 +141,27 @@ def test_edm_loss_per_sample(ref):
     torch.testing.assert_close(s, edm_training_sigmas(5, -1.2, 1.2, generator=gen(4)))
 
 
+def test_edm_loss_with_block_noise_mixes_it_in_at_high_sigma_only(ref):
+    """``block_noise=(α, patch, σ_min)``: samples at ``σ ≥ σ_min`` get ``(ε + α·Block)/√(1+α²)``
+    (the block values drawn after ``ε``, one per patch), the others ``ε`` (docs/method.md §1.2)."""
+    images = torch.rand(3, 2, 4, 4, generator=gen(2), dtype=torch.float64) * 2 - 1
+    sigma = torch.tensor([0.5, 2.0, 20.0], dtype=torch.float64)
+    g = gen(3)
+    replay = ref.clone(g)
+    eps = torch.randn(images.shape, generator=replay, dtype=torch.float64).numpy()
+    low = torch.randn((3, 2, 2, 2), generator=replay, dtype=torch.float64).numpy()
+    block = low.repeat(2, axis=-2).repeat(2, axis=-1)
+    alpha = 0.3
+    mixed = (eps + alpha * block) / math.sqrt(1 + alpha**2)
+    noise = np.where((sigma.numpy() >= 1.0)[:, None, None, None], mixed, eps)
+    den = AffineDenoiser()
+    loss = EDMLoss(block_noise=(alpha, 2, 1.0))(den, images, sigma, None, generator=g)
+    x_noisy = images.numpy() + sigma.numpy()[:, None, None, None] * noise
+    exp = expected_loss(affine_np(x_noisy, sigma.numpy(), None), images.numpy(), sigma.numpy(),
+                        math.inf)
+    np.testing.assert_allclose(loss.numpy(), exp, rtol=1e-12)
+
+
 def blur_level(sigma: float, s: RelaySchedule) -> float:
     u = scipy.stats.norm.cdf((math.log(sigma) - s.p_mean) / s.p_std) / s.prob_length
     return s.blur_sigma_max * math.sin(math.pi * u / 2) ** 2

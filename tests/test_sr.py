@@ -191,3 +191,28 @@ def test_edm_precond_checks_the_conditioning_shape():
     den = EDMPrecond(build_denoiser(sr_stage()).model)
     with pytest.raises(ValueError, match="one conditioning image per sample"):
         den(torch.zeros(2, 3, 16, 16), torch.ones(2), cond_image=torch.zeros(1, 3, 16, 16))
+
+
+def test_truncated_start_begins_at_up_of_low_res_plus_sigma0_noise():
+    """``edm_sampler.sigma_trunc`` (SDEdit-style start, the study's ``sr-trunc``): the first
+    call sees ``up(x_low) + σ₀·n`` at ``σ₀``, the first grid σ below the truncation, with ``n``
+    the sample's draws after the conditioning noise ε'; the grid is the relay stage's."""
+    from relaydiff.schedules import karras_sigmas
+
+    cfg = sr_stage()
+    cfg.edm_sampler = EDMSamplerConfig(steps=8, sigma_min=0.008, sigma_trunc=0.9)
+    seen = []
+    low = torch.rand(1, 3, 4, 4, generator=gen(2), dtype=torch.float64) * 2 - 1
+    RelayCascade([cfg], [build_denoiser(cfg)]).run_stage(
+        0, low, [gen(9)], callback=lambda i, sigma, x, denoised: seen.append((sigma, x.clone())))
+    sigmas = karras_sigmas(8, 0.008, 80.0, 7.0, truncate=0.9)
+    g = gen(9)
+    torch.randn(3, 4, 4, generator=g, dtype=torch.float64)  # ε' of the conditioning
+    n = torch.randn(3, 16, 16, generator=g, dtype=torch.float64)
+    sigma, x = seen[0]
+    expected = low[0].repeat_interleave(4, -2).repeat_interleave(4, -1) + sigmas[0] * n
+    assert sigma == pytest.approx(sigmas[0].item(), rel=1e-12)
+    torch.testing.assert_close(x[0], expected, rtol=0, atol=1e-12)
+    assert [s for s, _ in seen] == pytest.approx(sigmas[:-1].tolist(), rel=1e-12)
+    with pytest.raises(ValueError, match="a super-resolution stage's setting, not an edm"):
+        StageConfig("edm", 16, {"name": "toy"}, edm_sampler=EDMSamplerConfig(sigma_trunc=0.9))

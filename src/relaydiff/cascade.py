@@ -406,8 +406,16 @@ class RelayCascade(nn.Module):
         denoiser = self._guided(k, den, guide, labels)
         if cfg.kind in ("edm", "sr"):
             s = cfg.edm_sampler
-            latents = randn(shape, generators, device=device, dtype=dtype)
-            x = edm_sample(denoiser, latents, karras_sigmas(s.steps, s.sigma_min, s.sigma_max, s.rho),
+            sigmas = karras_sigmas(s.steps, s.sigma_min, s.sigma_max, s.rho, truncate=s.sigma_trunc)
+            b = cfg.block_noise
+            if b is not None and sigmas[0].item() >= b.sigma_min:  # docs/method.md §1.2
+                latents = relay_noise(shape, b.patch, b.alpha, generator=generators,
+                                      device=device, dtype=dtype)
+            else:
+                latents = randn(shape, generators, device=device, dtype=dtype)
+            if s.sigma_trunc is not None:  # x_0 = σ_0·latents = up(x_low) + σ_0·n
+                latents.add_(upsample(low, cfg.sr.scale), alpha=1 / sigmas[0].item())
+            x = edm_sample(denoiser, latents, sigmas,
                            labels=labels, churn=s.churn, s_min=s.s_min, s_max=s.churn_max,
                            s_noise=s.s_noise, order=s.order, sde_scale=s.sde_scale,
                            generator=generators, callback=callback)

@@ -15,6 +15,7 @@ import torch
 
 from .ops import (
     Generator,
+    block_noise,
     canonical_variant,
     check_labels,
     downsample,
@@ -56,14 +57,33 @@ class EDMLoss:
     p_mean: float = -1.2
     p_std: float = 1.2
     sigma_data: float = 0.5
+    block_noise: tuple[float, int, float] | None = None  # (α, patch, σ_min): BlockNoiseConfig
 
     def sample_sigma(self, n: int, *, generator: Generator = None, device=None) -> torch.Tensor:
         return edm_training_sigmas(n, self.p_mean, self.p_std, generator=generator, device=device)
 
     def __call__(self, denoiser, images, sigma, labels=None, *, generator: Generator = None):
-        sigma, x_noisy = _noised(images, sigma, labels, generator)
+        if self.block_noise is None:
+            sigma, x_noisy = _noised(images, sigma, labels, generator)
+        else:
+            sigma, x_noisy = self._block_noised(images, sigma, labels, generator)
         d = denoiser(x_noisy, sigma, labels)
         return loss_weight(sigma, self.sigma_data) * _per_sample((d - images) ** 2)
+
+    def _block_noised(self, images, sigma, labels, generator: Generator
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x_σ = x + σ·n`` with ``n`` the relay noise ``(ε + α·Block_s)/√(1+α²)`` where
+        ``σ ≥ σ_min``, else ``ε`` (every sample draws ``ε``, then its block values)."""
+        sigma = _check_sigma(sigma, images)
+        check_labels(labels, images.shape[0])
+        alpha, patch, sigma_min = self.block_noise
+        eps = randn(images.shape, generator, device=images.device, dtype=images.dtype)
+        mixed = (eps + alpha * block_noise(images.shape, patch, generator=generator,
+                                           device=images.device, dtype=images.dtype)
+                 ) / math.sqrt(1 + alpha * alpha)
+        view = (-1,) + (1,) * (images.dim() - 1)
+        noise = torch.where((sigma >= sigma_min).reshape(view), mixed, eps)
+        return sigma, images + sigma.reshape(view) * noise
 
     def to_dict(self) -> dict:
         return {"kind": "edm", **asdict(self)}

@@ -36,9 +36,13 @@ WEIGHTS_FILE = "model.safetensors"
 
 @dataclass
 class EDMSamplerConfig:
-    """Stage-1 sampler settings (EDM's Heun sampler with churn; ``sde_scale`` > 0: SDE variant).
+    """Stage-1 and super-resolution sampler settings (EDM's Heun sampler with churn;
+    ``sde_scale`` > 0: SDE variant).
 
     ``s_max`` ``None`` means no upper limit of the churn range (EDM's ``S_max = ∞``).
+    ``sigma_trunc`` (super-resolution stages only; ``None``: from pure noise at ``sigma_max``):
+    keep the grid's ``σ_i < sigma_trunc`` and start SDEdit-style from ``up(x_low) + σ_0·n``,
+    the relay stage's truncated start with white noise (docs/method.md §7).
     """
 
     steps: int = 32
@@ -51,6 +55,7 @@ class EDMSamplerConfig:
     s_noise: float = 1.0
     order: int = 2
     sde_scale: float = 0.0
+    sigma_trunc: float | None = None
 
     def __post_init__(self) -> None:
         if self.s_max is not None and math.isinf(self.s_max) and self.s_max > 0:
@@ -94,6 +99,18 @@ class GuidanceConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("cfg", "auto"):
             raise ValueError(f"guidance.kind {self.kind!r} is unknown; use cfg or auto")
+
+
+@dataclass
+class BlockNoiseConfig:
+    """Block noise in an EDM stage (the study's end-to-end control; docs/method.md §1.2): at
+    noise levels ``σ ≥ sigma_min`` its noise is the relay noise ``(ε + α·Block_s)/√(1+α²)`` of
+    block size ``patch`` (§2.3) instead of white ``ε``, in training and in the sampler's initial
+    latents (drawn at ``σ_max``); below ``sigma_min``, and the churn's noise, stay white."""
+
+    alpha: float = 0.15
+    patch: int = 4
+    sigma_min: float = 1.0
 
 
 @dataclass
@@ -154,6 +171,7 @@ class StageConfig:
     edm_sampler: EDMSamplerConfig = field(default_factory=EDMSamplerConfig)
     relay_sampler: RelaySamplerConfig = field(default_factory=RelaySamplerConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    block_noise: BlockNoiseConfig | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in STAGE_KINDS:
@@ -168,6 +186,15 @@ class StageConfig:
             if not 0 <= self.sr.sample_level <= self.sr.aug_max:
                 raise ValueError(f"sr.sample_level {self.sr.sample_level} must lie in [0, "
                                  f"sr.aug_max = {self.sr.aug_max}], the levels it was trained on")
+        b = self.block_noise
+        if b is not None and (self.kind != "edm" or b.patch < 1 or self.resolution % b.patch
+                              or not (math.isfinite(b.alpha) and b.alpha >= 0)):
+            raise ValueError(f"block_noise {b}: an edm stage's setting, with alpha ≥ 0 and a patch "
+                             f"that divides the resolution {self.resolution}")
+        if self.edm_sampler.sigma_trunc is not None and self.kind != "sr":
+            raise ValueError(f"edm_sampler.sigma_trunc starts from an upsampled image: a "
+                             f"super-resolution stage's setting, not an {self.kind} stage's; "
+                             "leave it out")
         if self.scale is not None and (self.scale < 1 or self.resolution % self.scale):
             raise ValueError(f"{self.kind} scale {self.scale} does not divide the stage "
                              f"resolution {self.resolution}")

@@ -3,9 +3,10 @@
 ``evaluate`` streams the samples once through everything the requested metrics need, takes the
 reference statistics from a ``.npz`` (relaydiff's or ADM's) or computes them from a dataset, and
 returns a JSON-ready dict with one top-level key per metric (``fid``, ``sfid``, ``is``,
-``precision``, ``recall``, ``kid``, ``swd``, ``spectrum``) and its provenance: image counts, the
-label sampling (FID of class-balanced labels is reported as ``FID-CB``, never as ``FID``), the
-Inception weights' SHA-256 and the relaydiff version.
+``precision``, ``recall``, ``kid``, ``swd``, ``spectrum``), on request bootstrap 95 % intervals
+(``fid_ci95``, ``kid_ci95``; :mod:`relaydiff.metrics.bootstrap`) and its provenance: image
+counts, the label sampling (FID of class-balanced labels is reported as ``FID-CB``, never as
+``FID``), the Inception weights' SHA-256 and the relaydiff version.
 
 Each metric is one :data:`METRIC_TABLE` entry (the statistics it needs, its minimum image count,
 how it is computed and printed); ``relaydiff.metrics.names.METRICS`` lists the same names for the
@@ -23,10 +24,11 @@ import numpy as np
 import torch
 
 from ..io.distributed import current_world
-from ..io.files import cache_root, fingerprint
+from ..io.files import atomic_writer, cache_root, fingerprint, sha256_file
 from ..io.images import to_uint8
 from ..io.sample_folder import read_label_sampling
 from ..version import __version__
+from .bootstrap import fid_interval, kid_interval
 from .collect import Collected, collect
 from .fid import frechet_distance_features, gaussian_stats
 from .image_sets import ImageSet
@@ -43,6 +45,8 @@ from .swd import swd
 from .weights import default_source, load_inception, weights_hash
 
 Compute = Callable[[Collected, Reference, int, "str | torch.device"], dict[str, Any]]
+Interval = Callable[[Collected, Reference, int, int], tuple[float, float]]
+LEVEL = 0.95  # the intervals' level: result keys ``<metric>_ci95``
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ class Metric:
     images of a set it works with. ``compute(samples, reference, seed, device)``: its values by
     result key; those named in ``details`` go to the result's ``details``. ``printed``: the
     table's label (``{key}`` fills in a result entry) and scale of each printed result key.
+    ``interval(samples, reference, resamples, seed)``: its :data:`LEVEL` bootstrap interval,
+    result key ``<name>_ci95`` (none: the metric has no interval).
     """
 
     part: str
@@ -63,6 +69,7 @@ class Metric:
     compute: Compute
     printed: dict[str, tuple[str, float]]
     details: tuple[str, ...] = ()
+    interval: Interval | None = None
 
 
 def _swd_values(got: Collected, ref: Reference, seed: int, device) -> dict[str, Any]:
@@ -73,7 +80,9 @@ def _swd_values(got: Collected, ref: Reference, seed: int, device) -> dict[str, 
 METRIC_TABLE: dict[str, Metric] = {
     "fid": Metric("inception", ("mu", "sigma"), 2, lambda got, ref, seed, device: {
         "fid": frechet_distance_features(got.pool, ref.mu, ref.sigma)},
-        printed={"fid": ("{fid_name}", 1)}),
+        printed={"fid": ("{fid_name}", 1)},
+        interval=lambda got, ref, resamples, seed: fid_interval(
+            got.pool, ref.mu, ref.sigma, resamples=resamples, level=LEVEL, seed=seed)),
     "sfid": Metric("inception", ("mu_s", "sigma_s"), 2, lambda got, ref, seed, device: {
         "sfid": frechet_distance_features(got.spatial, ref.mu_s, ref.sigma_s)},
         printed={"sfid": ("sFID", 1)}),
@@ -87,7 +96,9 @@ METRIC_TABLE: dict[str, Metric] = {
     "kid": Metric("inception", ("pr_features",), 2, lambda got, ref, seed, device: dict(zip(
         ("kid", "kid_std"), kernel_inception_distance(ref.pr_features, got.pool, seed=seed),
         strict=True)),
-        printed={"kid": ("KID ×1e3", 1e3)}, details=("kid_std",)),
+        printed={"kid": ("KID ×1e3", 1e3)}, details=("kid_std",),
+        interval=lambda got, ref, resamples, seed: kid_interval(
+            ref.pr_features, got.pool, resamples=resamples, level=LEVEL, seed=seed)),
     "swd": Metric("swd", ("swd",), 1, _swd_values,
                   printed={"swd": ("SWD ×1e3", 1)}, details=("swd_levels",)),
     "spectrum": Metric("spectrum", ("spectrum",), 1, lambda got, ref, seed, device: {
@@ -188,6 +199,45 @@ def _cache_file(content: str, part: str, weights_sha: str | None, seed: int) -> 
     return cache_root() / "references" / f"{'-'.join(tags)}.npz"
 
 
+def _content(images: ImageSet) -> str:
+    """What a set's cache entries are keyed by: the SHA-256 of a folder's files (names relative
+    to it, and bytes) or of an ``.npz`` file."""
+    if images.files:
+        return fingerprint((f.relative_to(images.path).as_posix(), f.read_bytes())
+                           for f in images.files)
+    return "sha256:" + sha256_file(images.path)
+
+
+def dataset_features(dataset: str | Path, model: InceptionV3, *, batch_size: int = 64,
+                     progress: bool = True) -> np.ndarray:
+    """The Inception pool features (``N×2048`` float32, in the set's order) of every image of a
+    dataset folder or image ``.npz``, cached by content and weights in
+    ``<cache>/features/<content>-pool-<weights>.npy``: a later call with the same files (names
+    and bytes) and weights reads them back; a damaged file is computed again. What
+    :mod:`relaydiff.metrics.floors` takes."""
+    images = ImageSet(dataset)
+    cached = _features_file(_content(images), weights_hash(model))
+    try:
+        features = np.load(cached, allow_pickle=False)
+        if features.ndim == 2 and len(features) == len(images):
+            return features
+    except (OSError, ValueError):  # absent, or damaged: compute it again
+        pass
+    features = _pass(images, model, {"inception"}, batch_size, 0, progress, "features").pool
+    _save_features(cached, features)
+    return features
+
+
+def _features_file(content: str, weights_sha: str) -> Path:
+    """``<cache>/features/<content>-pool-<weights>.npy``: a set's pool features."""
+    return cache_root() / "features" / f"{content.removeprefix('sha256:')[:24]}-pool-{weights_sha[:12]}.npy"
+
+
+def _save_features(path: Path, features: np.ndarray) -> None:
+    with atomic_writer(path) as f:
+        np.save(f, features, allow_pickle=False)
+
+
 def _take_part(reference: Reference, source: Reference, part: str) -> None:
     """Copy ``part``'s statistics (all of them, else ``ValueError``) and the set's identity."""
     missing = [stat for stat in PARTS[part] if getattr(source, stat) is None]
@@ -219,8 +269,7 @@ def folder_reference(folder: str | Path, model: InceptionV3 | None,
     parts = parts_of(metrics)
     if not parts:
         return reference
-    content = fingerprint((f.relative_to(images.path).as_posix(), f.read_bytes())
-                          for f in images.files)
+    content = _content(images)
     todo = set()
     for part in parts:
         cached = _cache_file(content, part, weights_sha, seed)
@@ -229,8 +278,10 @@ def folder_reference(folder: str | Path, model: InceptionV3 | None,
         except (OSError, ValueError):  # absent, or damaged: compute it again
             todo.add(part)
     if todo:
-        fresh = reference_from_collected(
-            _pass(images, model, todo, batch_size, seed, progress, "reference"), weights_sha, seed)
+        collected = _pass(images, model, todo, batch_size, seed, progress, "reference")
+        if collected.pool is not None:  # the same pass's features, for dataset_features
+            _save_features(_features_file(content, weights_sha), collected.pool)
+        fresh = reference_from_collected(collected, weights_sha, seed)
         for part in todo:
             piece = Reference(n_images=fresh.n_images, resolution=fresh.resolution,
                               fingerprint=fresh.fingerprint,
@@ -249,10 +300,16 @@ def _needs_from_reference(ref: Reference, metrics: set[str]) -> set[str]:
 def evaluate(samples: str | Path, ref: str | Path, metrics: Sequence[str], *,
              weights: str | None = None, device: str | torch.device = "cpu",
              batch_size: int = 64, seed: int = 0, progress: bool = True,
-             label_sampling: str | None = None, inception: InceptionV3 | None = None) -> dict:
+             label_sampling: str | None = None, inception: InceptionV3 | None = None,
+             intervals: int = 0) -> dict:
     """Compute ``metrics`` of ``samples`` against ``ref`` (a ``.npz`` or a dataset).
 
-    ``inception``: an already loaded network (else it is loaded from ``weights``)."""
+    ``inception``: an already loaded network (else it is loaded from ``weights``).
+    ``intervals``: bootstrap resamples of the samples for the 95 % intervals of the metrics that
+    have one (``fid_ci95``, ``kid_ci95``: ``[lo, hi]``), none if 0; the resamples are drawn from
+    ``seed``, the same for every metric."""
+    if intervals < 0:
+        raise ValueError(f"intervals: a number of resamples ≥ 0, got {intervals}")
     wanted = set(parse_metrics(metrics))
     sample_set = ImageSet(samples)
     _check_count(str(samples), len(sample_set), wanted)
@@ -312,6 +369,10 @@ def evaluate(samples: str | Path, ref: str | Path, metrics: Sequence[str], *,
         if name in wanted:
             for key, value in metric.compute(got, reference, seed, device).items():
                 (details if key in metric.details else result)[key] = value
+            if intervals and metric.interval is not None:
+                result[f"{name}_ci95"] = list(metric.interval(got, reference, intervals, seed))
+    if intervals:
+        result["intervals"] = {"resamples": intervals, "level": LEVEL}
     result.update({
         "fid_name": fid_name(sampling),
         "label_sampling": sampling,
@@ -347,13 +408,18 @@ def _fields_used(reference: Reference, wanted: set[str], computed: set[str]) -> 
 def format_table(result: dict) -> str:
     """The human-readable summary of :func:`evaluate`'s result: KID shown ×10³ (the JSON holds
     the raw value), SWD as computed (already ×10³), each with the unit in its label
-    (:data:`METRIC_TABLE`'s ``printed``)."""
+    (:data:`METRIC_TABLE`'s ``printed``) and, where the result has one, its interval
+    ``[lo, hi]`` at the same scale after the value."""
     lines = [f"{result['n_images']} samples, label sampling: {result['label_sampling']}, "
              f"reference: {result['reference']['path']} ({result['reference']['kind']})"]
     for metric in METRIC_TABLE.values():
         for key, (label, scale) in metric.printed.items():
             if key in result:
-                lines.append(f"  {label.format_map(result):<14} {scale * result[key]:.4f}")
+                line = f"  {label.format_map(result):<14} {scale * result[key]:.4f}"
+                if f"{key}_ci95" in result:
+                    lo, hi = (scale * bound for bound in result[f"{key}_ci95"])
+                    line += f"  [{lo:.4f}, {hi:.4f}]"
+                lines.append(line)
     return "\n".join(lines)
 
 

@@ -10,6 +10,9 @@ With fewer feature vectors than dimensions (``n ≤ D``, e.g. a quick FID of 1 0
 singular and ``sqrtm`` is slow and inaccurate. :func:`frechet_distance_features` then uses the
 exact identity ``tr((Σ₁Σ₂)^{1/2}) = Σᵢ √λᵢ(XΣ₂Xᵀ/(n−1))`` (``AB`` and ``BA`` share their non-zero
 eigenvalues), an ``n×n`` symmetric eigenproblem.
+
+:class:`MultisetFid` evaluates the same identities for many multisets of the rows of one feature
+matrix (subsets, bootstrap resamples) against fixed statistics, reusing what they share.
 """
 
 from __future__ import annotations
@@ -54,16 +57,68 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 def frechet_distance_features(features: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """FID of a feature set against ``(μ₂, Σ₂)``: :func:`frechet_distance` when ``n > D``, else
     the exact ``n×n`` eigenvalue form of ``tr((Σ₁Σ₂)^{1/2})`` (see the module docstring)."""
-    mu1, sigma1 = gaussian_stats(features)
-    n, d = np.shape(features)
-    if n > d:
-        return frechet_distance(mu1, sigma1, mu2, sigma2)
-    mu2, s2 = np.asarray(mu2, np.float64), np.asarray(sigma2, np.float64)
-    if mu2.shape != (d,) or s2.shape != (d, d):
-        raise ValueError(f"Fréchet distance of mismatched statistics: features of dimension {d}, "
-                         f"reference mean {mu2.shape} and covariance {s2.shape}")
-    x = np.asarray(features, np.float64) - mu1
-    eig = np.linalg.eigvalsh(x @ s2 @ x.T / (n - 1))
-    tr_covmean = np.sqrt(np.clip(eig, 0, None)).sum()
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(s2) - 2 * tr_covmean)
+    f = np.asarray(features)
+    if f.ndim == 2 and len(f) > f.shape[1]:
+        return frechet_distance(*gaussian_stats(f), mu2, sigma2)
+    return MultisetFid(f, mu2, sigma2)(np.ones(len(f), dtype=np.int64))
+
+
+class MultisetFid:
+    """FID against fixed statistics ``(μ₂, Σ₂)`` of multisets of the rows ``fᵢ`` of one ``N×D``
+    feature matrix, row ``i`` taken ``cᵢ`` times (``counts``): all rows once, a subset (0/1), a
+    bootstrap resample (counts summing to ``N``).
+
+    With ``T = Σcᵢ``, ``μ₁ = Σcᵢfᵢ/T`` and ``Σ₁ = Σcᵢ(fᵢ−μ₁)(fᵢ−μ₁)ᵀ/(T−1)`` (the statistics of the
+    ``T`` rows listed out, :func:`gaussian_stats`), Eq. 6 is evaluated exactly without forming
+    ``Σ₁``: over the ``u`` rows present, with ``w = √c`` and ``Q = I − wwᵀ/T``, the rows of
+    ``B = Q·diag(w)·X`` (``X`` the rows centred on the matrix's mean; ``Q`` removes any common
+    shift) give ``(T−1)Σ₁ = BᵀB``, so the non-zero eigenvalues of ``Σ₁Σ₂`` are those of
+    ``BΣ₂Bᵀ/(T−1)`` and ``tr((Σ₁Σ₂)^{1/2}) = Σ√λ`` (negative rounding residues clipped to 0).
+
+    ``N ≤ D``: ``G = XΣ₂Xᵀ`` (``N×N``) is formed once and each multiset costs a ``u×u`` gather and
+    eigenproblem. ``N > D``: ``Y = XL`` with ``Σ₂ = LLᵀ`` (``L = V·diag(√e)`` from one ``eigh``)
+    is formed once; each multiset forms ``Z = QWY`` rows (``W = diag(w)``) and solves the smaller
+    of ``ZZᵀ`` (``u×u``) and ``ZᵀZ`` (``D×D``; ``Σ₂^{1/2}Σ₁Σ₂^{1/2}`` up to an orthogonal change
+    of basis), an ``O(u·D·min(u, D))`` product and an eigenproblem of that size.
+    """
+
+    def __init__(self, features: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> None:
+        f = np.asarray(features, np.float64)
+        mu2, s2 = np.asarray(mu2, np.float64), np.asarray(sigma2, np.float64)
+        if f.ndim != 2 or mu2.shape != (f.shape[1],) or s2.shape != (f.shape[1],) * 2:
+            raise ValueError(f"Fréchet distance of mismatched statistics: features of shape "
+                             f"{f.shape}, reference mean {mu2.shape} and covariance {s2.shape}")
+        self.n, self.d = f.shape
+        self.mean = f.mean(axis=0)
+        self.x = f - self.mean
+        self.squares = np.einsum("ij,ij->i", self.x, self.x)
+        self.offset = self.mean - mu2
+        self.trace2 = float(np.trace(s2))
+        if self.n <= self.d:
+            self.gram = self.x @ s2 @ self.x.T
+        else:
+            e, v = np.linalg.eigh(s2)
+            self.y = (self.x @ v) * np.sqrt(np.clip(e, 0, None))
+
+    def __call__(self, counts: np.ndarray) -> float:
+        """FID of the multiset ``counts`` (``N`` non-negative integers summing to at least 2)."""
+        c = np.asarray(counts)
+        if c.shape != (self.n,) or (c < 0).any():
+            raise ValueError(f"counts must be {self.n} non-negative integers, got shape {c.shape}")
+        total = int(c.sum())
+        if total < 2:
+            raise ValueError(f"a Gaussian fit needs at least 2 feature vectors, got {total}")
+        keep = np.flatnonzero(c)
+        w = np.sqrt(c[keep].astype(np.float64))
+        shift = c[keep] @ self.x[keep] / total  # μ₁ − mean
+        trace1 = (c[keep] @ self.squares[keep] - total * shift @ shift) / (total - 1)
+        if self.n <= self.d:
+            m = self.gram[np.ix_(keep, keep)] * np.outer(w, w)
+            v = m @ w / total
+            m = m - np.outer(w, v) - np.outer(v, w) + (w @ v / total) * np.outer(w, w)  # QmQ
+        else:
+            z = w[:, None] * (self.y[keep] - c[keep] @ self.y[keep] / total)
+            m = z @ z.T if len(keep) < self.d else z.T @ z
+        eig = np.linalg.eigvalsh(m / (total - 1))
+        diff = self.offset + shift
+        return float(diff @ diff + trace1 + self.trace2 - 2 * np.sqrt(np.clip(eig, 0, None)).sum())

@@ -72,7 +72,9 @@ def make_loss(config: TrainConfig) -> EDMLoss | RelayLoss | SRLoss:
     the conditioned EDM loss with noise-conditioning augmentation for super-resolution stages."""
     stage, loss = config.stage, config.loss
     if stage.kind == "edm":
-        return EDMLoss(loss.p_mean, loss.p_std, stage.sigma_data)
+        b = stage.block_noise
+        return EDMLoss(loss.p_mean, loss.p_std, stage.sigma_data,
+                       None if b is None else (b.alpha, b.patch, b.sigma_min))
     if stage.kind == "sr":
         return SRLoss(stage.sr.scale, stage.sr.aug_max, loss.p_mean, loss.p_std, stage.sigma_data)
     r = stage.relay

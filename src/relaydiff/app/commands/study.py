@@ -1,4 +1,5 @@
-"""``relaydiff study CONFIG``: fair baselines and ablations of a relay stage (docs/study.md)."""
+"""``relaydiff study CONFIG`` (or ``--preset NAME``): fair baselines and ablations of a relay
+stage at equal total training compute (docs/study.md)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,21 @@ import click
 
 from . import check_out
 
+PRESETS = ("quick", "default")
+
+
+def preset_path(name: str) -> Path:
+    """The study config of a preset shipped with relaydiff (``relaydiff/configs/study/``)."""
+    from importlib.resources import files
+
+    return Path(str(files("relaydiff") / "configs" / "study" / f"{name}.json"))
+
 
 @click.command()
-@click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("config", type=click.Path(path_type=Path, dir_okay=False), required=False)
+@click.option("--preset", type=click.Choice(PRESETS), default=None,
+              help="A study shipped with relaydiff instead of CONFIG: quick (about 30 min on an "
+                   "idle 2-core CPU) or default (the reported study; hours).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Study folder [default: runs/study-<config name>].")
 @click.option("--variants", default=None, metavar="NAME,…",
@@ -26,19 +39,27 @@ from . import check_out
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a study config value, e.g. --set budget.value=3.6e13 "
                    "--set eval.samples=512.")
+@click.option("--plan", "plan_only", is_flag=True,
+              help="Only write OUT/plan.json: every run with its images and FLOPs at each budget "
+                   "point, stage 1's cost and every evaluation; nothing is trained.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (the log lines stay).")
-def study(config: Path, out: Path | None, variants: str | None, seeds: str | None,
-          train_only: bool, no_stage1: bool, overrides: tuple[str, ...],
-          no_progress: bool) -> None:
-    """Train one stage 1 and every variant of the higher stage under the same budget, evaluate
-    them alike and write OUT/results.json and OUT/figures/.
+def study(config: Path | None, preset: str | None, out: Path | None, variants: str | None,
+          seeds: str | None, train_only: bool, no_stage1: bool, overrides: tuple[str, ...],
+          plan_only: bool, no_progress: bool) -> None:
+    """Train one stage 1 and every variant at the same total training FLOPs (stage 1 included)
+    at each budget point, evaluate them alike (bootstrap 95 % intervals) and write
+    OUT/results.json, OUT/table.md and OUT/figures/.
 
     Resumable: re-running continues where it stopped; finished variants are never redone.
     Ctrl-C or SIGTERM stops a training run with a checkpoint.
     """
+    if (config is None) == (preset is None):
+        raise click.UsageError("give a study CONFIG file or --preset NAME (one of them)")
+    if preset is not None:
+        config = preset_path(preset)
     if not config.is_file():
         raise click.BadParameter(f"{config}: no such study config file", param_hint="CONFIG")
-    out = out or Path("runs") / f"study-{config.stem}"
+    out = out or Path("runs") / f"study-{preset or config.stem}"
     check_out(out)
     from ..study import Study
 
@@ -48,6 +69,7 @@ def study(config: Path, out: Path | None, variants: str | None, seeds: str | Non
     except ValueError:
         raise click.BadParameter(f"{seeds!r}: give integers, e.g. 0 or 0,1",
                                  param_hint="--seeds") from None
-    result = Study(config, out, only=only, seeds=only_seeds, progress=not no_progress,
-                   train_only=train_only, stage1=not no_stage1, overrides=overrides).run()
+    runner = Study(config, out, only=only, seeds=only_seeds, progress=not no_progress,
+                   train_only=train_only, stage1=not no_stage1, overrides=overrides)
+    result = runner.write_plan() if plan_only else runner.run()
     click.echo(f"wrote {result}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,9 @@ import torch
 
 from ...analysis.artifacts import artifact_correction
 from ...cascade import RelayCascade
+from ...io.distributed import World
 from ...io.images import image_grid, save_png, to_uint8
+from ...sample_writer import write_samples, write_summary, write_upscaled
 from ...schedules import karras_sigmas
 from ...stage import StageConfig
 from .config import ARTIFACT_IMAGES, GRID_IMAGES, HELDOUT_SEED0
@@ -64,16 +65,37 @@ def alive(pid: int) -> bool:
 
 
 def stage_nfe(stage: StageConfig) -> int:
-    """Denoiser evaluations per sample of a stage's sampler: one per σ of its grid (the last
-    step, to σ = 0, returns the denoised image), Heun one more per step before it."""
-    if stage.kind == "relay":
-        s = stage.relay_sampler
-        steps = len(karras_sigmas(s.steps, s.sigma_min, s.sigma_max, s.rho,
-                                  truncate=s.sigma_trunc)) - 1
-    else:
-        s = stage.edm_sampler
-        steps = s.steps
-    return 2 * steps - 1 if s.order == 2 else steps
+    """Denoiser evaluations per sample of a stage's sampler: one per σ of its (truncated) grid
+    (the last step, to σ = 0, returns the denoised image), Heun one more per step before it;
+    a guided stage (``guidance.scale`` ≠ 1) evaluates its guide too, so twice as many."""
+    s = stage.relay_sampler if stage.kind == "relay" else stage.edm_sampler
+    steps = len(karras_sigmas(s.steps, s.sigma_min, s.sigma_max, s.rho,
+                              truncate=s.sigma_trunc)) - 1
+    nfe = 2 * steps - 1 if s.order == 2 else steps
+    return nfe * (2 if stage.guidance.scale != 1 else 1)
+
+
+def write_seed_samples(world: World, cascade: RelayCascade, n: int, folder: Path,
+                       progress: bool) -> None:
+    """Seeds ``0..n-1`` of ``cascade`` into a sample folder, shared out over torchrun ranks."""
+    seeds = list(range(n))
+    write_samples(cascade, seeds, folder, rank=world.rank, world=world.size, progress=progress)
+    world.barrier()
+    if world.is_main:
+        write_summary(cascade, seeds, folder)
+    world.barrier()
+
+
+def upscale_into(world: World, cascade: RelayCascade, low: torch.Tensor, seed0: int, out: Path,
+                 progress: bool) -> None:
+    """Relay/upscale ``low`` with seeds ``seed0 + k`` into the sample folder ``out``, shared out
+    over torchrun ranks."""
+    from ...io.sample_folder import seed_path
+
+    seeds = [seed0 + k for k in range(low.shape[0])]
+    write_upscaled(cascade, low, seeds, [seed_path(out, s) for s in seeds], rank=world.rank,
+                   world=world.size, progress=progress)
+    world.barrier()
 
 
 def set_steps(stage: StageConfig, steps: int) -> None:
@@ -84,7 +106,8 @@ def set_steps(stage: StageConfig, steps: int) -> None:
 
 
 def metrics_row(res: dict) -> dict:
-    keep = ("fid", "sfid", "precision", "recall", "kid", "swd", "spectrum", "n_images")
+    keep = ("fid", "sfid", "precision", "recall", "kid", "swd", "spectrum", "n_images",
+            "fid_ci95", "kid_ci95", "intervals")
     return {k: res[k] for k in keep if k in res} | {"reference": res["reference"]}
 
 
@@ -96,21 +119,6 @@ def timed(seconds: dict[str, float], name: str, *, keep_first: bool = False) -> 
     yield
     spent = time.perf_counter() - start
     seconds[name] = seconds.get(name, spent) if keep_first else seconds.get(name, 0.0) + spent
-
-
-def link_samples(src: Path, dst: Path, seeds: range) -> None:
-    """Hard-link (or copy) the sample files of ``seeds`` from folder ``src`` into ``dst``."""
-    from ...io.sample_folder import seed_path
-
-    for seed in seeds:
-        a, b = seed_path(src, seed), seed_path(dst, seed)
-        if b.exists() or not a.is_file():
-            continue
-        b.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copyfile(a, b)
 
 
 def first_stage(name: str) -> RelayCascade:
