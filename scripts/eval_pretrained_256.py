@@ -45,6 +45,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=None, help="default: the data set size")
     parser.add_argument("--images-only", action="store_true",
                         help="stop after writing the images (the metrics come from a later run)")
+    parser.add_argument("--intervals", type=int, default=100,
+                        help="bootstrap resamples of the FID and KID intervals (docs/eval.md)")
     parser.add_argument("--part", default="0/1", metavar="K/M",
                         help="with --images-only: relay only the chunks k ≡ K mod M (run M of them)")
     args = parser.parse_args()
@@ -83,9 +85,10 @@ def main() -> None:
             (256, "data up(down(x)) 64→256, the floor", args.out / "floor", ref),
             (64, "two-stage cascade (its 64-px samples)", subset(low_dir, seeds, args.out), ref64),
             (64, "data up(down(x)) 16→64, the floor", args.out / "floor64", ref64)):
-        res = evaluate(folder, reference, METRICS)
+        res = evaluate(folder, reference, METRICS, intervals=args.intervals)
         rows.append({"resolution": res_px, "images": name, "n": res["n_images"],
-                     "reference": n_data, **{k: res[k] for k in KEYS}})
+                     "reference": n_data, **{k: res[k] for k in KEYS},
+                     **{k: res[k] for k in ("fid_ci95", "kid_ci95", "intervals") if k in res}})
     write_json(finite_or_none({"seeds": [seeds[0], seeds[-1]], "threads": torch.get_num_threads(),
                                "relay_sampler": dataclasses.asdict(three.configs[-1].relay_sampler),
                                "rows": rows}),

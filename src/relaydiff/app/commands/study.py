@@ -23,9 +23,9 @@ def preset_path(name: str) -> Path:
 @click.argument("config", type=click.Path(path_type=Path, dir_okay=False), required=False)
 @click.option("--preset", type=click.Choice(PRESETS), default=None,
               help="A study shipped with relaydiff instead of CONFIG: quick (about 30 min on an "
-                   "idle 2-core CPU) or default (the reported study; hours).")
+                   "idle 2-core CPU) or default (the full study: many CPU hours).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Study folder [default: runs/study-<config name>].")
+              help="Study folder [default: runs/study-<config or preset name>].")
 @click.option("--variants", default=None, metavar="NAME,…",
               help="Train and evaluate only these variants (several processes can share a study).")
 @click.option("--seeds", default=None, metavar="N,…",
@@ -37,7 +37,7 @@ def preset_path(name: str) -> Path:
               help="No stage 1: evaluate the higher stages by SR-FID, curves and artifact "
                    "correction only (no cascade FID).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a study config value, e.g. --set budget.value=3.6e13 "
+              help="Override a study config value, e.g. --set budget.total=1e14 "
                    "--set eval.samples=512.")
 @click.option("--plan", "plan_only", is_flag=True,
               help="Only write OUT/plan.json: every run with its images and FLOPs at each budget "
@@ -50,7 +50,8 @@ def study(config: Path | None, preset: str | None, out: Path | None, variants: s
     at each budget point, evaluate them alike (bootstrap 95 % intervals) and write
     OUT/results.json, OUT/table.md and OUT/figures/.
 
-    Resumable: re-running continues where it stopped; finished variants are never redone.
+    Resumable: re-running continues where it stopped; finished runs and evaluations are never
+    redone.
     Ctrl-C or SIGTERM stops a training run with a checkpoint.
     """
     if (config is None) == (preset is None):

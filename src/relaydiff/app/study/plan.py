@@ -131,9 +131,11 @@ def _check_end_to_end(v: StudyVariant, cfg: TrainConfig, stage1: StageConfig | N
             f"guidance {cfg.stage.guidance}: set them alike in its config")
 
 
-def build_plan(study: StudyConfig, base: Path, stage1: Stage1Cost, num_classes: int,
-               stage1_config: StageConfig | None = None, stage1_cond: bool = False) -> Plan:
-    """Every run and evaluation of ``study``; ``stage1``: the shared stage 1's cost,
+def build_plan(study: StudyConfig, configs: dict[tuple[str, int], TrainConfig], stage1: Stage1Cost,
+               num_classes: int, stage1_config: StageConfig | None = None,
+               stage1_cond: bool = False) -> Plan:
+    """Every run and evaluation of ``study``; ``configs``: each trained variant's training config
+    by ``(name, seed)`` (:func:`variant_config`); ``stage1``: the shared stage 1's cost,
     ``stage1_config``/``stage1_cond`` its stage and conditioning (end-to-end variants must match
     them; ``None``: a given cascade's, checked the same way through its config)."""
     if study.budget.total <= stage1.flops:
@@ -145,7 +147,7 @@ def build_plan(study: StudyConfig, base: Path, stage1: Stage1Cost, num_classes: 
             continue
         runs[v.name] = []
         for seed in v.seeds:
-            cfg = variant_config(v, seed, base)
+            cfg = configs[v.name, seed]
             e2e = cfg.stage.kind == "edm"
             if e2e:
                 _check_end_to_end(v, cfg, stage1_config, stage1_cond)

@@ -70,15 +70,17 @@ class Study:
         self.train_only = train_only
         self.use_stage1 = stage1
         self.log = StudyLog()
-        for v in c.variants:  # every config must parse before anything is written
-            if not v.of:
-                for seed in v.seeds:
-                    variant_config(v, seed, self.base)
+        # Every config file is read once, here, and must parse before anything is written.
+        self.configs = {(v.name, seed): variant_config(v, seed, self.base)
+                        for v in c.variants if not v.of for seed in v.seeds}
         self._given_stage1: RelayCascade | None = None
+        self._s1: TrainConfig | None = None
         if c.stage1.cascade:
             self._given_stage1 = first_stage(c.stage1.cascade)
+        elif not c.stage1.config:
+            raise ValueError(f"{self.config_path}: stage1.config is empty; name a training config")
         else:
-            self._stage1_config()
+            self._s1 = load_train_config(self._path(c.stage1.config), c.stage1.set)
 
     # -- configs and the plan ------------------------------------------------------------
     def _path(self, name: str) -> Path:
@@ -91,12 +93,10 @@ class Study:
         return self._stage1_config().stage.resolution
 
     def _stage1_config(self) -> TrainConfig:
-        s1 = self.config.stage1
-        if not s1.config:
-            raise ValueError(f"{self.config_path}: stage1.config is empty; name a training config")
-        cfg = load_train_config(self._path(s1.config), s1.set)
+        """The stage-1 training config (on its data once the data is split)."""
+        cfg = self._s1
         if hasattr(self, "data_root"):
-            root = self.data_root if s1.data == "all" else self.train_root
+            root = self.data_root if self.config.stage1.data == "all" else self.train_root
             cfg = replace(cfg, data=replace(cfg.data, path=str(root / str(cfg.stage.resolution))))
         return cfg
 
@@ -130,7 +130,7 @@ class Study:
         else:
             cfg = self._stage1_config()
             s1, cond = cfg.stage, cfg.cond
-        return build_plan(self.config, self.base, self._stage1_cost(classes), classes, s1, cond)
+        return build_plan(self.config, self.configs, self._stage1_cost(classes), classes, s1, cond)
 
     def _chosen(self, name: str, seed: int) -> bool:
         return (not self.only or name in self.only) and (not self.seeds or seed in self.seeds)
@@ -195,7 +195,7 @@ class Study:
         need = {self._stage1_resolution()}
         for v in self.config.variants:
             if not v.of:
-                st = variant_config(v, v.seeds[0], self.base).stage
+                st = self.configs[v.name, v.seeds[0]].stage
                 need |= {st.resolution, st.input_resolution}
         missing = sorted(need - {int(r) for r in info["resolutions"]})
         if missing:
